@@ -1,0 +1,1 @@
+"""Benchmark scenarios; each module is runnable with ``python -m benchmarks.<name>``."""

@@ -1,0 +1,187 @@
+"""Rules engine throughput: µs per record for 1000-record requests through the shipped packs.
+
+Run with ``python -m benchmarks.rules_bench [--runs N]``. Each scenario maps the same request
+``runs`` times and reports the best and the median run; "decode" is ``ParseFromString`` of the
+same request, for scale (the receivers pay it before the rules run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
+
+RECORDS = 1000
+T0 = 1_704_067_200_000_000_000
+
+
+def _kv(key: str, value: str | int | float) -> KeyValue:
+    if isinstance(value, str):
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(double_value=value))
+
+
+def _logs(make_record: Callable[[ExportLogsServiceRequest, int], None]) -> ExportLogsServiceRequest:
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    resource_logs.resource.attributes.extend(
+        [_kv("service.name", "chat-api"), _kv("service.version", "1.4.2"), _kv("host.name", "node-7")]
+    )
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "opentelemetry.instrumentation.openai"
+    for i in range(RECORDS):
+        make_record(request, i)
+    return request
+
+
+def genai_record(request: ExportLogsServiceRequest, i: int) -> None:
+    record = request.resource_logs[0].scope_logs[0].log_records.add(time_unix_nano=T0 + i * 1_000_000)
+    record.trace_id = i.to_bytes(16, "big")
+    record.span_id = i.to_bytes(8, "big")
+    record.event_name = "gen_ai.client.inference.operation.details"
+    record.attributes.extend(
+        [
+            _kv("gen_ai.operation.name", "chat"),
+            _kv("gen_ai.provider.name", "openai"),
+            _kv("gen_ai.request.model", "gpt-4o"),
+            _kv("gen_ai.response.model", "gpt-4o-2024-08-06"),
+            _kv("gen_ai.response.id", f"chatcmpl-{i}"),
+            _kv("gen_ai.response.finish_reasons", "stop"),
+            _kv("gen_ai.request.temperature", 0.2),
+            _kv("gen_ai.usage.input_tokens", 100 + i),
+            _kv("gen_ai.usage.output_tokens", 20 + i),
+            _kv("server.address", "api.openai.com"),
+            _kv("customer.id", f"customer-{i % 50}"),
+        ]
+    )
+
+
+def http_attributes_record(request: ExportLogsServiceRequest, i: int) -> None:
+    record = request.resource_logs[0].scope_logs[0].log_records.add(time_unix_nano=T0 + i * 1_000_000)
+    record.attributes.extend(
+        [
+            _kv("method", "GET"),
+            _kv("path", f"/api/items/{i % 20}"),
+            _kv("user", f"user-{i % 50}"),
+            _kv("duration", 12 + i % 40),
+            _kv("status", 200),
+            _kv("client.address", "10.0.0.1"),
+        ]
+    )
+
+
+def http_body_record(request: ExportLogsServiceRequest, i: int) -> None:
+    record = request.resource_logs[0].scope_logs[0].log_records.add(time_unix_nano=T0 + i * 1_000_000)
+    record.body.kvlist_value.values.extend(
+        [
+            _kv("method", "POST"),
+            _kv("path", "/api/orders"),
+            _kv("user", f"user-{i % 50}"),
+            _kv("duration", 40.5),
+        ]
+    )
+
+
+def unmatched_record(request: ExportLogsServiceRequest, i: int) -> None:
+    record = request.resource_logs[0].scope_logs[0].log_records.add(time_unix_nano=T0 + i * 1_000_000)
+    record.severity_text = "INFO"
+    record.body.string_value = f"cache warmed in {i} ms"
+    record.attributes.extend([_kv("code.function", "warm"), _kv("thread.name", "main")] * 3)
+
+
+def metrics_request() -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    resource_metrics = request.resource_metrics.add()
+    resource_metrics.resource.attributes.extend([_kv("service.name", "gateway")])
+    metric = resource_metrics.scope_metrics.add().metrics.add(name="http.server.request.count", unit="1")
+    metric.sum.aggregation_temporality = 1  # delta
+    metric.sum.is_monotonic = True
+    for i in range(RECORDS):
+        point = metric.sum.data_points.add(
+            start_time_unix_nano=T0, time_unix_nano=T0 + 60_000_000_000, as_int=i % 7 + 1
+        )
+        point.attributes.extend(
+            [_kv("customer.id", f"customer-{i}"), _kv("http.route", "/api"), _kv("http.method", "GET")]
+        )
+    return request
+
+
+METRIC_RULE = {
+    "name": "requests",
+    "match": {
+        "signal": "metrics",
+        "metric": "http.server.*",
+        "metric_type": "sum",
+        "where": [
+            {"path": "attributes.customer.id", "exists": True},
+            {"path": "attributes.http.method", "in": ["GET", "POST"]},
+            {"path": "point.value", "exists": True},
+        ],
+    },
+    "event": {
+        "type": "requests",
+        "subject": {"path": "attributes.customer.id"},
+        "data": {
+            "count": {"path": "point.value", "as": "int"},
+            "route": {"path": "attributes.http.route", "optional": True},
+            "method": {"path": "attributes.http.method"},
+            "metric": {"path": "metric.name"},
+        },
+    },
+}
+
+
+def _time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - start) / RECORDS / 1000)
+    return min(samples), statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=30)
+    runs = parser.parse_args().runs
+
+    packs = RulesEngine.from_config(RulesConfig())
+    metrics = RulesEngine.from_config(RulesConfig(packs=[], inline=[RuleModel.model_validate(METRIC_RULE)]))
+    log_scenarios = [
+        ("genai pack, 2 events/record", genai_record),
+        ("http pack, attributes", http_attributes_record),
+        ("http pack, kvlist body", http_body_record),
+        ("packs, no rule matches", unmatched_record),
+    ]
+    rows = []
+    for label, make in log_scenarios:
+        logs = _logs(make)
+        data = logs.SerializeToString()
+        events = len(packs.map_logs(logs, T0).events)
+        best, median = _time(lambda logs=logs: packs.map_logs(logs, T0), runs)  # type: ignore[misc]
+        decode, _ = _time(lambda data=data: ExportLogsServiceRequest.FromString(data), runs)  # type: ignore[misc]
+        rows.append((label, events, best, median, decode))
+    request = metrics_request()
+    data = request.SerializeToString()
+    events = len(metrics.map_metrics(request, T0).events)
+    best, median = _time(lambda: metrics.map_metrics(request, T0), runs)
+    decode, _ = _time(lambda: ExportMetricsServiceRequest.FromString(data), runs)
+    rows.append(("metrics rule (3 conds, 4 fields), sum", events, best, median, decode))
+
+    print(f"{RECORDS} records per request, {runs} runs; µs per record")
+    print(f"{'scenario':42} {'events':>7} {'best':>7} {'median':>7} {'decode':>7}")
+    for label, events, best, median, decode in rows:
+        print(f"{label:42} {events:>7} {best:>7.2f} {median:>7.2f} {decode:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from otlp_meter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Exporters: deliver leased queue batches to OpenMeter (or a file for local use)."""

@@ -1,0 +1,119 @@
+"""Configuration of the exporter, and where it sends: Konnect, a self-hosted OpenMeter, or a file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+
+from otlp_meter.config_types import ByteSize, Duration, Section
+
+KONNECT_DEFAULT_URL = "https://us.api.konghq.com/v3/openmeter"
+
+
+class OpenMeterConfig(Section):
+    url: str | None = Field(
+        None,
+        description=(
+            "Base URL of OpenMeter. Self-hosted (e.g. http://localhost:8888) posts to {url}/api/v1/events; "
+            "Konnect (https://{region}.api.konghq.com/v3/openmeter) posts to {url}/events. "
+            "Unset: $OPENMETER_URL, else Konnect US when a token is set."
+        ),
+    )
+    api: Literal["auto", "v1", "v3"] = Field(
+        "auto", description="Ingest API flavour; auto picks v3 for URLs ending in /v3/openmeter."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token. Unset: $OPENMETER_TOKEN.")
+    timeout: Duration = Field(30.0, description="Timeout of one ingest request.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class FileExporterConfig(Section):
+    path: Path | None = Field(
+        None, description="Write events as JSON lines here instead of sending them (local use, tests)."
+    )
+
+
+class BatchConfig(Section):
+    max_events: int = Field(1000, ge=1, description="Most events in one ingest request.")
+    max_bytes: ByteSize = Field(4 * 1024 * 1024, description="Most bytes in one ingest request body.")
+    flush_interval: Duration = Field(1.0, description="Longest an event waits for its batch to fill.")
+
+
+class RetryConfig(Section):
+    initial_backoff: Duration = Field(1.0, description="First wait after a transient failure.")
+    max_backoff: Duration = Field(60.0, description="Cap of the exponential backoff.")
+    multiplier: float = Field(2.0, ge=1.0, description="Backoff growth per attempt.")
+    jitter: float = Field(0.2, ge=0.0, le=1.0, description="Random fraction added to/removed from each wait.")
+    max_elapsed: Duration | None = Field(
+        None,
+        description="Give up on a batch after this long and dead-letter it. Unset: retry for as long as "
+        "the events are buffered (an outage of days drains afterwards).",
+    )
+    auth_backoff: Duration = Field(
+        300.0, description="Wait between attempts while OpenMeter answers 401/403."
+    )
+
+
+class ExporterConfig(Section):
+    openmeter: OpenMeterConfig = Field(default_factory=OpenMeterConfig, description="OpenMeter target.")
+    file: FileExporterConfig = Field(default_factory=FileExporterConfig, description="File target.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batching.")
+    max_in_flight: int = Field(4, ge=1, description="Batches delivered concurrently.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig, description="Retry policy for transient failures."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where events go, resolved from config and environment."""
+
+    kind: Literal["openmeter", "file"]
+    endpoint: str  # full ingest URL, or the file path
+    token: SecretStr | None = None
+    api: Literal["v1", "v3"] = "v1"
+
+    def describe(self) -> str:
+        """A log-safe description (never the token)."""
+        if self.kind == "file":
+            return f"file {self.endpoint}"
+        auth = "with bearer token" if self.token else "without token"
+        return f"OpenMeter {self.api} {self.endpoint} ({auth})"
+
+
+def resolve_target(config: ExporterConfig, data_directory: Path, env: Mapping[str, str]) -> Target:
+    """Pick the target: an explicit file path, else OpenMeter from config/env, else the local events file."""
+    if config.file.path is not None:
+        return Target("file", str(config.file.path))
+    url = config.openmeter.url or env.get("OPENMETER_URL", "").rstrip("/") or None
+    token = config.openmeter.token
+    if token is None and env.get("OPENMETER_TOKEN"):
+        token = SecretStr(env["OPENMETER_TOKEN"])
+    if url is None and token is not None:
+        url = KONNECT_DEFAULT_URL
+    if url is None:
+        return Target("file", str(data_directory / "events.jsonl"))
+    api = config.openmeter.api
+    if api == "auto":
+        api = "v3" if urlsplit(url).path.rstrip("/").endswith("/v3/openmeter") else "v1"
+    endpoint = f"{url}/events" if api == "v3" else f"{url}/api/v1/events"
+    return Target("openmeter", endpoint, token, api)

@@ -1,0 +1,35 @@
+"""The file sink: append events as JSON lines and fsync — what ``make run`` does with no OpenMeter set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from otlp_meter.exporters.retry import Verdict
+from otlp_meter.exporters.sink import SendResult
+
+
+class FileSink:
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _append(self, payloads: Sequence[bytes]) -> None:
+        with open(self.path, "ab") as f:
+            f.write(b"\n".join(payloads) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def send(self, payloads: Sequence[bytes]) -> SendResult:
+        try:
+            await asyncio.to_thread(self._append, payloads)
+        except OSError as exc:  # disk full, permissions: keep the events and retry
+            return SendResult(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}")
+        return SendResult(Verdict.DELIVERED)
+
+    async def close(self) -> None:
+        return None

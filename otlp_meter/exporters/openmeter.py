@@ -1,0 +1,56 @@
+"""The OpenMeter sink: POST batches of CloudEvents to the ingest API. The only module that imports httpx."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+
+from otlp_meter import __version__
+from otlp_meter.exporters.config import Target
+from otlp_meter.exporters.retry import Verdict, parse_retry_after, verdict_for_status
+from otlp_meter.exporters.sink import SendResult, encode_batch
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+MAX_DETAIL = 2048
+
+
+class OpenMeterSink:
+    name = "openmeter"
+
+    def __init__(
+        self,
+        target: Target,
+        timeout: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = target.endpoint
+        headers = {"content-type": BATCH_CONTENT_TYPE, "user-agent": f"otlp-meter/{__version__}"}
+        if target.token is not None:
+            headers["authorization"] = f"Bearer {target.token.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def send(self, payloads: Sequence[bytes]) -> SendResult:
+        try:
+            response = await self._client.post(self._url, content=encode_batch(payloads))
+        except httpx.HTTPError as exc:  # network errors and timeouts: transient
+            return SendResult(Verdict.RETRY, None, None, f"{type(exc).__name__}: {exc}")
+        verdict = verdict_for_status(response.status_code)
+        if verdict is Verdict.DELIVERED:
+            return SendResult(verdict, response.status_code)
+        return SendResult(
+            verdict,
+            response.status_code,
+            parse_retry_after(response.headers.get("retry-after")),
+            response.text[:MAX_DETAIL],
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()

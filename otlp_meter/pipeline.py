@@ -1,0 +1,92 @@
+"""The one path every input takes: rules → queue.append → result.
+
+Receivers and sources call :class:`Pipeline`; it maps records to events with the rules engine, makes
+them durable (events, dead letters for rejected records and any cursor update in one commit) and
+reports what happened. It answers only after the commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+from otlp_meter.errors import ShuttingDownError
+from otlp_meter.queue.lmdb_queue import LmdbQueue
+from otlp_meter.rules.engine import MappingResult, RulesEngine
+from otlp_meter.telemetry.metrics import Metrics
+
+MAX_REASONS_IN_MESSAGE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What became of one request: ``rejected`` records were dead-lettered, ``message`` says why."""
+
+    records: int
+    rejected: int
+    message: str
+    appended: int
+    deduplicated: int
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: RulesEngine,
+        queue: LmdbQueue,
+        metrics: Metrics,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._engine = engine
+        self._queue = queue
+        self._metrics = metrics
+        self._clock_ns = clock_ns
+        self._open = True
+
+    def close_intake(self) -> None:
+        """From now on every ingest is refused with the retryable ShuttingDownError."""
+        self._open = False
+
+    async def ingest_logs(
+        self, request: ExportLogsServiceRequest, state: Mapping[bytes, bytes | None] | None = None
+    ) -> IngestResult:
+        self._check_open()
+        return await self._commit("logs", self._engine.map_logs(request, self._clock_ns()), state)
+
+    async def ingest_metrics(
+        self, request: ExportMetricsServiceRequest, state: Mapping[bytes, bytes | None] | None = None
+    ) -> IngestResult:
+        self._check_open()
+        return await self._commit("metrics", self._engine.map_metrics(request, self._clock_ns()), state)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ShuttingDownError("otlp-meter is shutting down", retry_after=5.0)
+
+    async def _commit(
+        self, signal: str, mapped: MappingResult, state: Mapping[bytes, bytes | None] | None
+    ) -> IngestResult:
+        if mapped.events or mapped.rejected or state:
+            started = time.perf_counter()
+            appended = await self._queue.append(mapped.events, mapped.rejected, state or {})
+            self._metrics.queue_commit_duration.observe(time.perf_counter() - started)
+            self._metrics.queue_appended.inc(appended.appended)
+            self._metrics.queue_deduplicated.inc(appended.deduplicated)
+            n_appended, n_dedup = appended.appended, appended.deduplicated
+        else:
+            n_appended = n_dedup = 0
+        for rule, count in mapped.matched.items():
+            self._metrics.rules_matched.labels(rule).inc(count)
+        if mapped.unmatched:
+            self._metrics.rules_unmatched.labels(signal).inc(mapped.unmatched)
+        message = ""
+        if mapped.rejected:
+            self._metrics.rules_rejected.labels(signal).inc(len(mapped.rejected))
+            reasons = [f"{r.rule}: {r.reason}" for r in mapped.rejected[:MAX_REASONS_IN_MESSAGE]]
+            more = len(mapped.rejected) - len(reasons)
+            message = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
+        return IngestResult(mapped.records, len(mapped.rejected), message, n_appended, n_dedup)

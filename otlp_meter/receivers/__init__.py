@@ -1,0 +1,1 @@
+"""Thin transports (OTLP gRPC, OTLP/HTTP) around one receiver core."""

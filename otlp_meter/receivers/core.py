@@ -1,0 +1,100 @@
+"""The receiver core both transports share: take a decoded request, run it through the pipeline,
+count it, and build the OTLP response (with ``partial_success`` when rules rejected records)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from otlp_meter.pipeline import IngestResult, Pipeline
+from otlp_meter.receivers.status import Refusal, refusal_for
+from otlp_meter.telemetry.metrics import Metrics
+
+SignalName = Literal["logs", "metrics", "traces"]
+Transport = Literal["grpc", "http_protobuf", "http_json"]
+
+
+def count_records(request: Message) -> int:
+    """Log records or metric data points in a request (for refusal counters)."""
+    if isinstance(request, ExportLogsServiceRequest):
+        return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+    if isinstance(request, ExportMetricsServiceRequest):
+        total = 0
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind is not None:
+                        total += len(getattr(metric, kind).data_points)
+        return total
+    return 0
+
+
+class ReceiverCore:
+    def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
+        self._pipeline = pipeline
+        self._metrics = metrics
+
+    async def export(self, signal: SignalName, transport: Transport, request: Message) -> Message:
+        """Ingest ``request``; raises what the pipeline raises (map it with :meth:`refuse`)."""
+        started = time.perf_counter()
+        if isinstance(request, ExportLogsServiceRequest):
+            result = await self._pipeline.ingest_logs(request)
+            response: Message = ExportLogsServiceResponse()
+            if result.rejected:
+                response = ExportLogsServiceResponse(
+                    partial_success=ExportLogsPartialSuccess(
+                        rejected_log_records=result.rejected, error_message=result.message
+                    )
+                )
+        elif isinstance(request, ExportMetricsServiceRequest):
+            result = await self._pipeline.ingest_metrics(request)
+            response = ExportMetricsServiceResponse()
+            if result.rejected:
+                response = ExportMetricsServiceResponse(
+                    partial_success=ExportMetricsPartialSuccess(
+                        rejected_data_points=result.rejected, error_message=result.message
+                    )
+                )
+        else:  # traces are accepted and discarded so SDKs that also send them stay quiet
+            result = IngestResult(0, 0, "", 0, 0)
+            response = ExportTraceServiceResponse()
+        self._count(signal, transport, result)
+        self._metrics.receiver_request_duration.labels(transport, signal).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    def _count(self, signal: SignalName, transport: Transport, result: IngestResult) -> None:
+        accepted = result.records - result.rejected
+        if accepted:
+            self._metrics.receiver_accepted_records.labels(transport, signal).inc(accepted)
+        if result.rejected:
+            self._metrics.receiver_refused_records.labels(transport, signal, "rejected_by_rules").inc(
+                result.rejected
+            )
+        outcome = "partial" if result.rejected else "ok"
+        self._metrics.receiver_requests.labels(transport, signal, outcome).inc()
+
+    def refuse(
+        self, signal: SignalName, transport: Transport, exc: BaseException, records: int = 0
+    ) -> Refusal:
+        """Count a refused request and return how to answer it."""
+        refusal = refusal_for(exc)
+        if records:
+            self._metrics.receiver_refused_records.labels(transport, signal, refusal.reason).inc(records)
+        self._metrics.receiver_requests.labels(transport, signal, refusal.reason).inc()
+        return refusal

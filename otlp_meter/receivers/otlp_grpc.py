@@ -1,0 +1,91 @@
+"""OTLP over gRPC: LogsService, MetricsService and (accept-and-discard) TraceService.
+
+Handlers take raw bytes so that a malformed message is our INVALID_ARGUMENT, not grpc's INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otlp_meter.errors import DecodeError
+from otlp_meter.receivers.config import GrpcReceiverConfig
+from otlp_meter.receivers.core import ReceiverCore, SignalName, count_records
+
+_SERVICES: dict[SignalName, tuple[str, type[Message]]] = {
+    "logs": ("opentelemetry.proto.collector.logs.v1.LogsService", ExportLogsServiceRequest),
+    "metrics": ("opentelemetry.proto.collector.metrics.v1.MetricsService", ExportMetricsServiceRequest),
+    "traces": ("opentelemetry.proto.collector.trace.v1.TraceService", ExportTraceServiceRequest),
+}
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def export_handler(core: ReceiverCore, signal: SignalName, request_type: type[Message]) -> Handler:
+    """The Export method of one OTLP service, as a raw-bytes unary handler."""
+
+    async def export(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request: Message | None = None
+        try:
+            try:
+                request = request_type.FromString(body)
+            except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+                raise DecodeError(f"malformed {request_type.__name__}: {exc}") from exc
+            response = await core.export(signal, "grpc", request)
+        except Exception as exc:
+            refusal = core.refuse(signal, "grpc", exc, count_records(request) if request is not None else 0)
+            trailing = (("grpc-status-details-bin", refusal.to_status().SerializeToString()),)
+            await context.abort(refusal.grpc_code, refusal.message, trailing_metadata=trailing)
+            raise AssertionError("unreachable") from exc  # abort raises
+        return response.SerializeToString()
+
+    return export
+
+
+class OtlpGrpcReceiver:
+    def __init__(self, config: GrpcReceiverConfig, core: ReceiverCore) -> None:
+        self._config = config
+        self._core = core
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        size = self._config.max_recv_msg_size
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        for signal, (service, request_type) in _SERVICES.items():
+            handler = grpc.unary_unary_rpc_method_handler(
+                export_handler(self._core, signal, request_type),
+                request_deserializer=_identity,
+                response_serializer=_identity,
+            )
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
+            )
+        port = server.add_insecure_port(self._config.endpoint)
+        if port == 0:
+            raise OSError(f"cannot listen for OTLP/gRPC on {self._config.endpoint} (address in use?)")
+        self.port = port
+        await server.start()
+        self._server = server
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new RPCs, let in-flight ones finish within ``grace`` seconds."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

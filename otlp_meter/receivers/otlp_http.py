@@ -1,0 +1,131 @@
+"""OTLP over HTTP: ``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces`` in protobuf or JSON, optionally gzip.
+
+A thin transport: decode the body, hand the request to the receiver core, answer in the request's
+encoding. Errors are ``google.rpc.Status`` bodies, status codes from ``receivers/status.py``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otlp_meter.errors import DecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
+from otlp_meter.http_server import AsgiApp, Receive, Scope, Send, header, read_body, respond
+from otlp_meter.receivers import otlp_json
+from otlp_meter.receivers.config import HttpReceiverConfig
+from otlp_meter.receivers.core import ReceiverCore, SignalName, Transport, count_records
+from otlp_meter.receivers.status import METHOD_NOT_ALLOWED, NOT_FOUND, Refusal
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_PROTOBUF_TYPES = {"application/x-protobuf", "application/protobuf"}
+
+_ROUTES: dict[str, tuple[SignalName, type[Message], Callable[[bytes], Message | None]]] = {
+    "/v1/logs": ("logs", ExportLogsServiceRequest, otlp_json.decode_logs_request),
+    "/v1/metrics": ("metrics", ExportMetricsServiceRequest, otlp_json.decode_metrics_request),
+    "/v1/traces": ("traces", ExportTraceServiceRequest, otlp_json.decode_traces_request),
+}
+
+
+def media_type(content_type: str | None) -> str:
+    """``"application/json; charset=utf-8"`` → ``"application/json"``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, deflate, identity) without ever holding more than ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedMediaTypeError(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
+    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+    out: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits)
+            chunk = inflater.decompress(data, limit - size + 1)
+            size += len(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                raise PayloadTooLargeError(f"decompressed body exceeds {limit} bytes")
+            out.append(chunk)
+            if not inflater.eof:
+                raise DecodeError(f"truncated {encoding} body")
+            data = inflater.unused_data  # concatenated gzip members
+    except zlib.error as exc:
+        raise DecodeError(f"invalid {encoding} body: {exc}") from exc
+    return b"".join(out)
+
+
+def _decode(
+    body: bytes, mtype: str, request_type: type[Message], json_decode: Callable[[bytes], Message | None]
+) -> Message:
+    if mtype in _PROTOBUF_TYPES:
+        try:
+            return request_type.FromString(body)
+        except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+            raise DecodeError(f"malformed {request_type.__name__}: {exc}") from exc
+    decoded = json_decode(body)
+    return decoded if decoded is not None else request_type()
+
+
+def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
+    limit = config.max_request_body_size
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        route = _ROUTES.get(scope["path"].rstrip("/") or "/")
+        mtype = media_type(header(scope, b"content-type"))
+        encoding_json = mtype not in _PROTOBUF_TYPES
+        if route is None:
+            await _refuse(send, NOT_FOUND, encoding_json)
+            return
+        signal, request_type, json_decode = route
+        transport: Transport = "http_json" if encoding_json else "http_protobuf"
+        if scope["method"] != "POST":
+            await _refuse(send, METHOD_NOT_ALLOWED, encoding_json, [(b"allow", b"POST")])
+            return
+        request: Message | None = None
+        try:
+            if mtype not in _PROTOBUF_TYPES and mtype != JSON:
+                raise UnsupportedMediaTypeError(
+                    f"unsupported Content-Type {mtype or '(none)'!r}; use {PROTOBUF} or {JSON}"
+                )
+            body = await read_body(receive, limit)
+            if body is None:
+                raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+            body = decompress(body, header(scope, b"content-encoding"), limit)
+            request = _decode(body, mtype, request_type, json_decode)
+            response = await core.export(signal, transport, request)
+        except Exception as exc:
+            records = count_records(request) if request is not None else 0
+            await _refuse(send, core.refuse(signal, transport, exc, records), encoding_json)
+            return
+        if encoding_json:
+            await respond(send, 200, otlp_json.encode_response(response), JSON)
+        else:
+            await respond(send, 200, response.SerializeToString(), PROTOBUF)
+
+    return app
+
+
+async def _refuse(
+    send: Send, refusal: Refusal, encoding_json: bool, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    status = refusal.to_status()
+    extra = list(headers or [])
+    if refusal.retry_after is not None:
+        extra.append((b"retry-after", str(int(refusal.retry_after)).encode()))
+    if encoding_json:
+        await respond(send, refusal.http_status, otlp_json.encode_status(status), JSON, extra)
+    else:
+        await respond(send, refusal.http_status, status.SerializeToString(), PROTOBUF, extra)

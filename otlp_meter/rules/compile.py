@@ -1,0 +1,329 @@
+"""Rule models → compiled rules: a tuple of predicates and one event builder, all plain closures.
+
+Everything that can be decided once is decided here: paths become getters, regexes compile,
+literals and defaults are converted, the metric-name glob becomes a matcher. Per record, a rule
+is then a handful of function calls. Mapping a record never raises for bad input: a value that is
+missing or cannot be converted raises :class:`Rejected` (caught by the engine and reported as a
+``Rejection``), never anything else.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from otlp_meter.errors import ConfigError
+from otlp_meter.events import EncodedEvent
+from otlp_meter.rules import ids
+from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
+from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, getter_for, parse_path
+from otlp_meter.rules.values import COERCIONS, event_string, event_time, format_time
+
+Predicate = Callable[[RecordView], bool]
+Convert = Callable[[Any], Any]
+
+
+class Rejected(Exception):
+    """A matched record cannot become an event; ``reason`` says which field and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_OMIT: Any = object()  # an optional data field without a value
+
+_Field = tuple[str, Getter, "Convert | None", Getter]
+"""(label for reasons, getter, conversion of a found value, what to do when there is none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule ready to run. ``build`` raises :class:`Rejected`; nothing else raises."""
+
+    name: str
+    signal: RuleSignal
+    continue_: bool
+    conditions: tuple[Predicate, ...]
+    build: Callable[[RecordView], EncodedEvent]
+    metric_name: Callable[[str], bool] | None = None
+    metric_type: str | None = None
+    origin: str = ""
+    """Where the rule was defined, e.g. ``rules/genai.yaml rules[0]``."""
+
+    def accepts_metric(self, name: str, metric_type: str) -> bool:
+        """Whether points of this metric can match (``match.metric`` / ``match.metric_type``)."""
+        if self.metric_type is not None and metric_type != self.metric_type:
+            return False
+        return self.metric_name is None or self.metric_name(name)
+
+    def matches(self, view: RecordView) -> bool:
+        """Whether every ``where`` condition holds for the record."""
+        return all(condition(view) for condition in self.conditions)
+
+
+class _Compiler:
+    def __init__(self, rule: RuleModel, where: str) -> None:
+        self.rule = rule
+        self.signal: RuleSignal = rule.match.signal
+        self.where = where
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, loc: Sequence[str | int], message: str) -> None:
+        self.problems.append((yaml_path(loc, self.where), message))
+
+    def getter(self, paths: str | list[str], loc: tuple[str | int, ...]) -> Getter:
+        texts = [paths] if isinstance(paths, str) else paths
+        specs: list[PathSpec] = []
+        for i, text in enumerate(texts):
+            try:
+                specs.append(parse_path(text, self.signal))
+            except PathError as exc:
+                self.problem(loc if isinstance(paths, str) else (*loc, i), str(exc))
+        return getter_for(specs)
+
+    # -- match ------------------------------------------------------------------------------------
+
+    def condition(self, cond: Condition, loc: tuple[str | int, ...]) -> Predicate:
+        get = self.getter(cond.path, (*loc, "path"))
+        if cond.exists is not None:
+            if cond.exists:
+                return lambda v: get(v) is not None
+            return lambda v: get(v) is None
+        if cond.regex is not None:
+            return _regex_predicate(get, re.compile(cond.regex).search)
+        if cond.in_ is not None:
+            return _in_predicate(get, cond.in_)
+        return _equals_predicate(get, cond.equals)
+
+    def metric_filter(self) -> tuple[Callable[[str], bool] | None, str | None]:
+        match = self.rule.match
+        if self.signal != "metrics":
+            for key in ("metric", "metric_type"):
+                if getattr(match, key) is not None:
+                    self.problem(("match", key), "only applies to signal: metrics")
+            return None, None
+        name = match.metric
+        if name is None:
+            return None, match.metric_type
+        if any(ch in name for ch in "*?["):
+            return re.compile(fnmatch.translate(name)).match, match.metric_type  # type: ignore[return-value]
+        return name.__eq__, match.metric_type
+
+    # -- event ------------------------------------------------------------------------------------
+
+    def field(
+        self,
+        spec: FieldSpec,
+        loc: tuple[str | int, ...],
+        convert: Convert | None,
+        fallback: Getter | None = None,
+    ) -> _Field:
+        """One field. No value → ``default`` → ``fallback`` (if optional) → omit/reject."""
+        label = yaml_path(loc[1:])  # without "event."
+        if spec.as_ is not None:
+            if convert is not None:
+                self.problem((*loc, "as"), "only applies to data fields")
+            convert = COERCIONS[spec.as_]
+        if spec.path is None:
+            try:
+                const = spec.value if convert is None else convert(spec.value)
+            except ValueError as exc:
+                self.problem(loc, str(exc))
+                const = None
+            return label, lambda v: const, None, lambda v: None
+        get = self.getter(spec.path, (*loc, "path"))
+        if spec.has_default:
+            default = spec.default
+            if convert is not None:
+                try:
+                    default = convert(default)
+                except ValueError as exc:
+                    self.problem((*loc, "default"), str(exc))
+            return label, get, convert, lambda v: default
+        if spec.optional:
+            if fallback is not None:
+                return label, get, convert, fallback
+            if loc[1] != "data":
+                self.problem((*loc, "optional"), f"{label} is required; it cannot be optional")
+            return label, get, convert, lambda v: _OMIT
+        return label, get, convert, _reject(f"{label}: no value at {' | '.join(spec.paths)}")
+
+    def build(self) -> Callable[[RecordView], EncodedEvent]:
+        event, name = self.rule.event, self.rule.name
+        logs = self.signal == "logs"
+
+        def default_source(v: RecordView) -> str:
+            return v.res.default_source()
+
+        def default_time(v: RecordView) -> str:
+            text = v.time_text
+            if text is None:
+                if logs:
+                    ns = v.record.time_unix_nano or v.record.observed_time_unix_nano or v.received_ns
+                else:
+                    ns = v.point.time_unix_nano or v.received_ns
+                text = v.time_text = format_time(ns)
+            return text
+
+        key = ids.rule_key(name)
+
+        def default_id(v: RecordView) -> str:
+            return ids.event_id(v.log_hasher() if logs else v.point_hasher(), key)
+
+        def builtin(label: str, get: Getter) -> _Field:
+            return label, get, None, get
+
+        loc = ("event",)
+        head = (
+            self.field(event.type, (*loc, "type"), event_string),
+            self.field(event.subject, (*loc, "subject"), event_string),
+            builtin("source", default_source)
+            if event.source is None
+            else self.field(event.source, (*loc, "source"), event_string, default_source),
+            builtin("time", default_time)
+            if event.time is None
+            else self.field(event.time, (*loc, "time"), event_time, default_time),
+        )
+        body = tuple((key, *self.field(spec, (*loc, "data", key), None)) for key, spec in event.data.items())
+        id_label, id_get, id_convert, id_missing = (
+            builtin("id", default_id)
+            if event.id is None
+            else self.field(event.id, (*loc, "id"), event_string, default_id)
+        )
+
+        def build(v: RecordView) -> EncodedEvent:
+            label = ""
+            try:
+                head_values = []
+                for label, get, convert, on_missing in head:  # noqa: B007 - read by the except
+                    value = get(v)
+                    if value is None:
+                        value = on_missing(v)
+                    elif convert is not None:
+                        value = convert(value)
+                    head_values.append(value)
+                data: dict[str, Any] = {}
+                for key, label, get, convert, on_missing in body:  # noqa: B007 - read by the except
+                    value = get(v)
+                    if value is None:
+                        value = on_missing(v)
+                        if value is _OMIT:
+                            continue
+                    elif convert is not None:
+                        value = convert(value)
+                    data[key] = value
+                label = id_label
+                event_id = id_get(v)
+                if event_id is None:
+                    event_id = id_missing(v)
+                elif id_convert is not None:
+                    event_id = id_convert(event_id)
+            except ValueError as exc:
+                raise Rejected(f"{label}: {exc}") from None
+            type_, subject, source, time = head_values
+            event = {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": source,
+                "type": type_,
+                "subject": subject,
+                "time": time,
+                "data": data,
+            }
+            try:
+                payload = orjson.dumps(event)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                raise Rejected(f"data: cannot encode as JSON: {exc}") from None
+            return EncodedEvent(source=source, id=event_id, payload=payload)
+
+        return build
+
+
+def _reject(reason: str) -> Getter:
+    def reject(v: RecordView) -> Any:
+        raise Rejected(reason)
+
+    return reject
+
+
+def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: str = "") -> CompiledRule:
+    """Compile one validated rule. Problems raise :class:`ConfigError` with paths under ``where``."""
+    compiler = _Compiler(rule, where)
+    metric_name, metric_type = compiler.metric_filter()
+    conditions = tuple(
+        compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)
+    )
+    build = compiler.build()
+    if compiler.problems:
+        raise ConfigError(compiler.problems, source=source)
+    return CompiledRule(
+        name=rule.name,
+        signal=compiler.signal,
+        continue_=rule.continue_,
+        conditions=conditions,
+        build=build,
+        metric_name=metric_name,
+        metric_type=metric_type,
+        origin=origin,
+    )
+
+
+# --- condition predicates ------------------------------------------------------------------------
+
+
+def _equals_predicate(get: Getter, expected: Any) -> Predicate:
+    # Same kind only: text equals text, a number equals a number (1 == 1.0), a bool equals a bool.
+    if isinstance(expected, bool):
+        return lambda v: get(v) is expected
+    if isinstance(expected, str):
+        return lambda v: get(v) == expected
+
+    def equals_number(v: RecordView) -> bool:
+        value = get(v)
+        kind = type(value)
+        return (kind is int or kind is float) and value == expected
+
+    return equals_number
+
+
+def _in_predicate(get: Getter, options: Sequence[Any]) -> Predicate:
+    texts = frozenset(o for o in options if isinstance(o, str))
+    bools = frozenset(o for o in options if isinstance(o, bool))
+    numbers = frozenset(o for o in options if isinstance(o, int | float) and not isinstance(o, bool))
+
+    def is_in(v: RecordView) -> bool:
+        value = get(v)
+        kind = type(value)
+        if kind is str:
+            return value in texts
+        if kind is int or kind is float:
+            return value in numbers
+        if kind is bool:
+            return value in bools
+        return False
+
+    return is_in
+
+
+def _regex_predicate(get: Getter, search: Callable[[str], re.Match[str] | None]) -> Predicate:
+    def matches(v: RecordView) -> bool:
+        value = get(v)
+        kind = type(value)
+        if kind is str:
+            return search(value) is not None
+        if kind is bool:
+            return search("true" if value else "false") is not None
+        if kind is int or kind is float:
+            return search(str(value)) is not None
+        return False
+
+    return matches
+
+
+__all__ = ["CompiledRule", "Rejected", "compile_rule"]

@@ -1,0 +1,110 @@
+"""Find, read, validate and compile rules: inline rules, rule files, shipped packs — in that order.
+
+User rules come before shipped ones so a user rule can take a record before a pack does. Every
+problem is reported as a ``ConfigError`` whose ``source`` is the file (empty for inline rules,
+which live in the main config) and whose paths are YAML paths inside it, e.g.
+``rules[2].event.data.tokens.as``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from otlp_meter.errors import ConfigError
+from otlp_meter.rules.compile import CompiledRule, compile_rule
+from otlp_meter.rules.model import RuleFile, RuleModel, RulesConfig, validation_problems
+
+PACKS_DIR = Path(__file__).resolve().parent.parent / "packs"
+"""Where the shipped rule packs live (``otlp_meter/packs`` → the repository's ``rules/``)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def available_packs() -> list[str]:
+    """Names of the shipped rule packs."""
+    return sorted(path.stem for path in PACKS_DIR.glob("*.yaml"))
+
+
+def pack_path(name: str) -> Path:
+    """The file of the shipped pack ``name`` (which may not exist)."""
+    return PACKS_DIR / f"{name}.yaml"
+
+
+def read_rule_file(path: Path) -> list[RuleModel]:
+    """Read and validate one rule file; problems raise ``ConfigError`` with ``source=path``."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read rule file: {exc.strerror or exc}")], source) from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise ConfigError([("", f"invalid YAML: {exc}")], source) from None
+    if not isinstance(document, dict):
+        raise ConfigError([("", "must be a mapping with a top-level 'rules:' list")], source)
+    try:
+        return RuleFile.model_validate(document).rules
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc), source) from None
+
+
+def load_rules(config: RulesConfig, *, config_key: str = "rules") -> list[CompiledRule]:
+    """Compile ``config``'s rules in evaluation order: inline, then files, then packs.
+
+    ``config_key`` is where ``config`` sits in the main config; it prefixes the problem paths of
+    inline rules and packs. Rule names must be unique across everything loaded.
+    """
+    known = available_packs()
+    unknown = [
+        (f"{config_key}.packs[{i}]", f"unknown pack '{name}'; available: {', '.join(known) or 'none'}")
+        for i, name in enumerate(config.packs)
+        if name not in known
+    ]
+    if unknown:
+        raise ConfigError(unknown)
+    groups: list[tuple[Sequence[RuleModel], str, str]] = [(config.inline, "", f"{config_key}.inline")]
+    groups += [(read_rule_file(path), str(path), "rules") for path in config.files]
+    groups += [(read_rule_file(pack_path(name)), str(pack_path(name)), "rules") for name in config.packs]
+
+    compiled: list[CompiledRule] = []
+    first_seen: dict[str, str] = {}
+    for rules, source, prefix in groups:
+        problems: list[tuple[str, str]] = []
+        for i, rule in enumerate(rules):
+            where = f"{prefix}[{i}]"
+            origin = f"{source} {where}" if source else where
+            if rule.name in first_seen:
+                problems.append(
+                    (
+                        f"{where}.name",
+                        f"duplicate rule name '{rule.name}' (first defined at {first_seen[rule.name]})",
+                    )
+                )
+            else:
+                first_seen[rule.name] = origin
+            try:
+                compiled.append(compile_rule(rule, where=where, source=source, origin=origin))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems, source)
+    return compiled

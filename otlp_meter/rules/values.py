@@ -1,0 +1,205 @@
+"""Value conversions for event fields: ``as:`` coercions, event strings and RFC 3339 times.
+
+Every converter takes a plain Python value (as :mod:`paths` produces them) and returns the
+converted value or raises ``ValueError`` with a short reason; the caller turns that into a
+rejection naming the field. They never raise anything else for any input.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import functools
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # int64 and uint64 both fit in JSON for OpenMeter
+_MAX_TIME_NS = 253402300800 * 1_000_000_000  # 10000-01-01T00:00:00Z: RFC 3339 stops at 9999
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+)
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr`` for messages, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cannot(value: Any, target: str, why: str = "") -> ValueError:
+    return ValueError(f"cannot convert {show(value)} to {target}{f' ({why})' if why else ''}")
+
+
+def _checked_int(value: int, original: Any) -> int:
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise _cannot(original, "int", "out of 64-bit range")
+    return value
+
+
+def _parse_number(value: str, target: str) -> int | float:
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        raise _cannot(value, target) from None
+    if not math.isfinite(number):
+        raise _cannot(value, target, "not finite")
+    return number
+
+
+def as_int(value: Any) -> int:
+    """Ints as they are, whole floats and numeric text as ints; fractions are refused, not cut."""
+    kind = type(value)
+    if kind is int:
+        return _checked_int(value, value)
+    if kind is str:
+        number = _parse_number(value, "int")
+        if type(number) is float:
+            if not number.is_integer():
+                raise _cannot(value, "int", "not a whole number")
+            number = int(number)
+        return _checked_int(int(number), value)
+    if kind is float:
+        if not value.is_integer():
+            raise _cannot(value, "int", "not a whole number")
+        return _checked_int(int(value), value)
+    raise _cannot(value, "int")
+
+
+def as_float(value: Any) -> float:
+    """Numbers and numeric text as a finite float."""
+    kind = type(value)
+    if kind is float or kind is int:
+        number = float(value)
+    elif kind is str:
+        number = float(_parse_number(value, "float"))
+    else:
+        raise _cannot(value, "float")
+    if not math.isfinite(number):
+        raise _cannot(value, "float", "not finite")
+    return number
+
+
+def as_number(value: Any) -> int | float:
+    """An int when the value is whole (``40``, ``40.0``, ``"40"``), else a finite float."""
+    kind = type(value)
+    if kind is str:
+        value = _parse_number(value, "number")
+        kind = type(value)
+    if kind is int:
+        return _checked_int(value, value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise _cannot(value, "number", "not finite")
+        if value.is_integer() and _INT_MIN <= value <= _INT_MAX:
+            return int(value)
+        return float(value)
+    raise _cannot(value, "number")
+
+
+def as_string(value: Any) -> str:
+    """Text as is; numbers in decimal; bools as ``true``/``false``. Lists and maps are refused."""
+    kind = type(value)
+    if kind is str:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float:
+        return str(value)
+    raise _cannot(value, "string")
+
+
+def as_bool(value: Any) -> bool:
+    """Bools; ints 0/1; text true/false, yes/no, on/off, 1/0 (any case)."""
+    kind = type(value)
+    if kind is bool:
+        return bool(value)
+    if kind is int and value in (0, 1):
+        return bool(value)
+    if kind is str:
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise _cannot(value, "bool")
+
+
+COERCIONS: dict[str, Callable[[Any], Any]] = {
+    "int": as_int,
+    "float": as_float,
+    "number": as_number,
+    "string": as_string,
+    "bool": as_bool,
+}
+
+
+def event_string(value: Any) -> str:
+    """``type``/``subject``/``source``/``id``: a non-empty string; numbers become their text."""
+    kind = type(value)
+    if kind is str:
+        if not value:
+            raise ValueError("must not be empty")
+        return str(value)
+    if kind is int or kind is float:
+        return str(value)
+    raise ValueError(f"must be a string, got {show(value)}")
+
+
+def event_time(value: Any) -> str:
+    """Integer Unix nanoseconds or RFC 3339 text → RFC 3339 UTC text."""
+    kind = type(value)
+    if kind is int:
+        return format_time(value)
+    if kind is float and math.isfinite(value):
+        return format_time(int(value))
+    if kind is str:
+        return format_time(parse_rfc3339(value))
+    raise ValueError(f"must be Unix nanoseconds or RFC 3339 text, got {show(value)}")
+
+
+def parse_rfc3339(text: str) -> int:
+    """RFC 3339 text → Unix nanoseconds (fraction digits beyond nine are dropped)."""
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {show(text)}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    try:
+        dt.datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        raise ValueError(f"not an RFC 3339 time: {show(text)} ({exc})") from None
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if m.group(8):
+        offset = int(m.group(9)) * 3600 + int(m.group(10)) * 60
+        seconds -= offset if m.group(8) == "+" else -offset
+    fraction = int((m.group(7) or "")[:9].ljust(9, "0"))
+    return seconds * 1_000_000_000 + fraction
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def format_time(ns: int) -> str:
+    """Unix nanoseconds → ``2024-01-01T00:00:00.123Z``: UTC, fraction in 0, 3, 6 or 9 digits."""
+    if not 0 <= ns < _MAX_TIME_NS:
+        raise ValueError(f"time {ns} ns is outside 1970..9999")
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    base = _second_text(seconds)
+    if fraction == 0:
+        return base + "Z"
+    if fraction % 1_000_000 == 0:
+        return f"{base}.{fraction // 1_000_000:03d}Z"
+    if fraction % 1_000 == 0:
+        return f"{base}.{fraction // 1_000:06d}Z"
+    return f"{base}.{fraction:09d}Z"

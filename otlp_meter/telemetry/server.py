@@ -1,0 +1,40 @@
+"""The telemetry endpoint: ``/metrics`` (Prometheus text or OpenMetrics), ``/healthz``, ``/readyz``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from otlp_meter.http_server import AsgiApp, Receive, Scope, Send, header, respond
+from otlp_meter.telemetry.metrics import Metrics
+
+Readiness = Callable[[], tuple[bool, str]]
+"""Returns (ready, reason). Not ready means: do not route new data here now."""
+
+
+def telemetry_app(metrics: Metrics, readiness: Readiness) -> AsgiApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if scope["method"] not in ("GET", "HEAD"):
+            await respond(send, 405, b"method not allowed\n", "text/plain", [(b"allow", b"GET, HEAD")])
+        elif path == "/metrics":
+            if "application/openmetrics-text" in (header(scope, b"accept") or ""):
+                await respond(send, 200, generate_openmetrics(metrics.registry), OPENMETRICS_CONTENT_TYPE)
+            else:
+                await respond(send, 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            await respond(send, 200, b'{"status":"ok"}', "application/json")
+        elif path == "/readyz":
+            ready, reason = readiness()
+            body = orjson.dumps({"status": "ready" if ready else "not ready", "reason": reason})
+            await respond(send, 200 if ready else 503, body, "application/json")
+        else:
+            await respond(send, 404, b"not found\n", "text/plain")
+
+    return app

@@ -1,0 +1,1 @@
+"""Test support: fakes of services that cannot run here (OpenMeter, …)."""

@@ -1,0 +1,167 @@
+"""Run the real otlp-meter as a subprocess on free ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` (for things with no event to await, such as a file filling up)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.01)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class ServiceProcess:
+    """``otlp-meter run --config …`` with ports and directories of its own.
+
+    ``config`` is merged over a base that listens on 127.0.0.1 free ports, keeps its queue in
+    ``workdir/data``, flushes batches quickly and retries fast (so tests await events, not timers).
+    """
+
+    def __init__(
+        self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.telemetry_port = free_port()
+        base: dict[str, Any] = {
+            "receivers": {
+                "otlp": {
+                    "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
+                    "http": {"endpoint": f"127.0.0.1:{self.http_port}"},
+                }
+            },
+            "queue": {"directory": str(workdir / "data")},
+            "exporter": {
+                "batch": {"flush_interval": "50ms"},
+                "retry": {"initial_backoff": "50ms", "max_backoff": "200ms", "auth_backoff": "200ms"},
+            },
+            "telemetry": {"endpoint": f"127.0.0.1:{self.telemetry_port}", "logs": {"level": "debug"}},
+            "service": {"shutdown_timeout": "5s"},
+        }
+        self.config = merge(base, config or {})
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OPENMETER_")}
+        self.env.update(env or {})
+        self.log_path = workdir / "service.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def telemetry_url(self) -> str:
+        return f"http://127.0.0.1:{self.telemetry_port}"
+
+    def start(self, timeout: float = 20.0) -> ServiceProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "otlp_meter", "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"otlp-meter exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.telemetry_url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)  # polling the readiness probe, like a kubelet does
+        raise AssertionError(f"otlp-meter not ready after {timeout}s:\n{self.logs()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"otlp-meter did not stop within {timeout}s:\n{self.logs()}") from None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The service's JSON log lines, parsed."""
+        events = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                events.append(orjson.loads(line))
+        return events
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        text = httpx.get(f"{self.telemetry_url}/metrics", timeout=5.0).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric_name = series.split("{", 1)[0]
+            if metric_name != name:
+                continue
+            if labels and not all(f'{k}="{v}"' in series for k, v in labels.items()):
+                continue
+            total += float(value)
+        return total
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()

@@ -1,0 +1,78 @@
+"""Fixtures for the queue's tests: real LMDB environments in a temp dir, and a clock we move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otlp_meter.events import EncodedEvent, Rejection
+from otlp_meter.queue import LmdbQueue, QueueConfig
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def event(n: int, *, source: str = "test", size: int = 0) -> EncodedEvent:
+    """A small CloudEvent; ``size`` pads the payload to about that many bytes."""
+    payload = f'{{"specversion":"1.0","id":"e-{n}","source":"{source}","type":"t","data":{{}}}}'.encode()
+    if size > len(payload):
+        payload += b" " * (size - len(payload))
+    return EncodedEvent(source=source, id=f"e-{n}", payload=payload)
+
+
+def events(start: int, stop: int, **kwargs: Any) -> list[EncodedEvent]:
+    return [event(n, **kwargs) for n in range(start, stop)]
+
+
+def rejection(
+    reason: str = "attribute 'tokens' is not a number", original: bytes = b"\x0a\x02xy"
+) -> Rejection:
+    return Rejection(signal="logs", rule="genai-tokens", reason=reason, original=original)
+
+
+QueueFactory = Callable[..., LmdbQueue]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_queue(tmp_path: Path, clock: FakeClock) -> Iterator[QueueFactory]:
+    """Opens queues on one data directory (same directory = "the same queue after a restart").
+
+    Config overrides are keyword arguments; every queue opened here is closed after the test.
+    """
+    opened: list[LmdbQueue] = []
+
+    def factory(**overrides: Any) -> LmdbQueue:
+        on_append = overrides.pop("on_append", None)
+        settings: dict[str, Any] = {"directory": tmp_path, "sync": False, "dedupe_max_keys": 100_000}
+        settings.update(overrides)
+        queue = LmdbQueue(QueueConfig.model_validate(settings), clock=clock, on_append=on_append)
+        queue.open()
+        opened.append(queue)
+        return queue
+
+    yield factory
+    for queue in opened:
+        queue.close()
+
+
+@pytest.fixture
+def queue(make_queue: QueueFactory) -> LmdbQueue:
+    return make_queue()
