@@ -17,6 +17,7 @@ from otlp_meter.receivers.otlp_json import (
     Json,
     _bool,
     _double,
+    _doubles,
     _enum,
     _enum_names,
     _expect_object,
@@ -30,10 +31,10 @@ from otlp_meter.receivers.otlp_json import (
     _i64,
     _Invalid,
     _keys,
-    _scalars,
     _str,
     _u32,
     _u64,
+    _u64s,
 )
 
 _REQUEST_KEYS, _REQUEST_SNAKE = _keys(ExportMetricsServiceRequest)
@@ -212,9 +213,9 @@ def _fill_histogram_point(p: Any, d: Json) -> None:
         p.count = _u64(v, "count")
     _set_sum_min_max(p, g)
     if (v := g("bucketCounts")) is not None:
-        p.bucket_counts.extend(_scalars(v, _u64, "bucketCounts"))
+        p.bucket_counts.extend(_u64s(v, "bucketCounts"))
     if (v := g("explicitBounds")) is not None:
-        p.explicit_bounds.extend(_scalars(v, _double, "explicitBounds"))
+        p.explicit_bounds.extend(_doubles(v, "explicitBounds"))
     if (v := g("exemplars")) is not None:
         _fill_each(p.exemplars, v, _fill_exemplar, "exemplars")
 
@@ -257,7 +258,7 @@ def _fill_buckets(buckets: Any, d: Json) -> None:
     if (v := g("offset")) is not None:
         buckets.offset = _i32(v, "offset")
     if (v := g("bucketCounts")) is not None:
-        buckets.bucket_counts.extend(_scalars(v, _u64, "bucketCounts"))
+        buckets.bucket_counts.extend(_u64s(v, "bucketCounts"))
 
 
 def _fill_summary_point(p: Any, d: Json) -> None:

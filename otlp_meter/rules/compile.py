@@ -22,7 +22,7 @@ from otlp_meter.events import EncodedEvent
 from otlp_meter.rules import ids
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
 from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, getter_for, parse_path
-from otlp_meter.rules.values import COERCIONS, event_string, event_time, format_time
+from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, format_time
 
 Predicate = Callable[[RecordView], bool]
 Convert = Callable[[Any], Any]
@@ -185,7 +185,7 @@ class _Compiler:
             self.field(event.subject, (*loc, "subject"), event_string),
             builtin("source", default_source)
             if event.source is None
-            else self.field(event.source, (*loc, "source"), event_string, default_source),
+            else self.field(event.source, (*loc, "source"), event_source, default_source),
             builtin("time", default_time)
             if event.time is None
             else self.field(event.time, (*loc, "time"), event_time, default_time),

@@ -36,6 +36,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otlp_meter.rules import ids
+from otlp_meter.rules.values import event_source
 
 RuleSignal = Literal["logs", "metrics"]
 DataPoint = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint | SummaryDataPoint
@@ -94,11 +95,12 @@ class ResourceState:
         return self._hasher
 
     def default_source(self) -> str:
-        """``service.name`` of the resource, else ``otlp-meter``."""
+        """``service.name`` of the resource if it is a usable source, else ``otlp-meter``."""
         if self._source is None:
-            name = _lookup(self.attr_map(), ("service.name",))
-            ok = isinstance(name, str | int | float) and not isinstance(name, bool) and name != ""
-            self._source = str(name) if ok else DEFAULT_SOURCE
+            try:
+                self._source = event_source(_lookup(self.attr_map(), ("service.name",)))
+            except ValueError:
+                self._source = DEFAULT_SOURCE
         return self._source
 
 

@@ -21,6 +21,10 @@ _MAX_TIME_NS = 253402300800 * 1_000_000_000  # 10000-01-01T00:00:00Z: RFC 3339 s
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
 )
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_FIRST_SEGMENT = re.compile(r"[^/?#]*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
@@ -35,9 +39,9 @@ def _cannot(value: Any, target: str, why: str = "") -> ValueError:
     return ValueError(f"cannot convert {show(value)} to {target}{f' ({why})' if why else ''}")
 
 
-def _checked_int(value: int, original: Any) -> int:
+def _checked_int(value: int, original: Any, target: str = "int") -> int:
     if not _INT_MIN <= value <= _INT_MAX:
-        raise _cannot(original, "int", "out of 64-bit range")
+        raise _cannot(original, target, "out of 64-bit range")
     return value
 
 
@@ -78,12 +82,15 @@ def as_int(value: Any) -> int:
 def as_float(value: Any) -> float:
     """Numbers and numeric text as a finite float."""
     kind = type(value)
-    if kind is float or kind is int:
-        number = float(value)
-    elif kind is str:
-        number = float(_parse_number(value, "float"))
-    else:
-        raise _cannot(value, "float")
+    try:
+        if kind is float or kind is int:
+            number = float(value)
+        elif kind is str:
+            number = float(_parse_number(value, "float"))
+        else:
+            raise _cannot(value, "float")
+    except OverflowError:
+        raise _cannot(value, "float", "not finite") from None
     if not math.isfinite(number):
         raise _cannot(value, "float", "not finite")
     return number
@@ -91,19 +98,19 @@ def as_float(value: Any) -> float:
 
 def as_number(value: Any) -> int | float:
     """An int when the value is whole (``40``, ``40.0``, ``"40"``), else a finite float."""
-    kind = type(value)
+    original, kind = value, type(value)
     if kind is str:
         value = _parse_number(value, "number")
         kind = type(value)
     if kind is int:
-        return _checked_int(value, value)
+        return _checked_int(value, original, "number")
     if kind is float:
         if not math.isfinite(value):
-            raise _cannot(value, "number", "not finite")
+            raise _cannot(original, "number", "not finite")
         if value.is_integer() and _INT_MIN <= value <= _INT_MAX:
             return int(value)
         return float(value)
-    raise _cannot(value, "number")
+    raise _cannot(original, "number")
 
 
 def as_string(value: Any) -> str:
@@ -153,6 +160,25 @@ def event_string(value: Any) -> str:
     if kind is int or kind is float:
         return str(value)
     raise ValueError(f"must be a string, got {show(value)}")
+
+
+def event_source(value: Any) -> str:
+    """``source``: an event string made a URI-reference as Go's ``url.Parse`` reads it.
+
+    OpenMeter refuses a whole batch for one bad ``source``, and OpenTelemetry SDKs default
+    ``service.name`` to ``unknown_service:<process>``, which is not one (no scheme, yet a colon in
+    the first segment). So offending characters are percent-encoded: control characters, a ``%``
+    that starts no escape, and colons before the first ``/`` when there is no scheme.
+    """
+    text = event_string(value)
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", text)
+    if "%" in text:
+        text = _BAD_ESCAPE.sub("%25", text)
+    if ":" in text and _SCHEME.match(text) is None:
+        end = _FIRST_SEGMENT.match(text).end()  # type: ignore[union-attr]  # matches any text
+        text = text[:end].replace(":", "%3A") + text[end:]
+    return text
 
 
 def event_time(value: Any) -> str:

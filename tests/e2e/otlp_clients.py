@@ -27,7 +27,7 @@ def send_logs(transport: str, endpoint: str, records: Sequence[dict[str, Any]]) 
     else:
         exporter = HttpLogExporter(endpoint=f"{endpoint}/v1/logs", timeout=10)
     provider = LoggerProvider(resource=RESOURCE)
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter, max_export_batch_size=10_000))
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
     logger = provider.get_logger("otlp-meter-tests", "1.0")
     for record in records:
         logger.emit(

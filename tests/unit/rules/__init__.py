@@ -1,0 +1,1 @@
+"""Rules engine tests: they read as the rules language spec."""
