@@ -15,6 +15,7 @@ from collections.abc import Callable
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 
@@ -103,7 +104,7 @@ def metrics_request() -> ExportMetricsServiceRequest:
     resource_metrics = request.resource_metrics.add()
     resource_metrics.resource.attributes.extend([_kv("service.name", "gateway")])
     metric = resource_metrics.scope_metrics.add().metrics.add(name="http.server.request.count", unit="1")
-    metric.sum.aggregation_temporality = 1  # delta
+    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
     metric.sum.is_monotonic = True
     for i in range(RECORDS):
         point = metric.sum.data_points.add(

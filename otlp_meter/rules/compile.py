@@ -171,10 +171,10 @@ class _Compiler:
                 text = v.time_text = format_time(ns)
             return text
 
-        key = ids.rule_key(name)
+        rule_key = ids.rule_key(name)
 
         def default_id(v: RecordView) -> str:
-            return ids.event_id(v.log_hasher() if logs else v.point_hasher(), key)
+            return ids.event_id(v.log_hasher() if logs else v.point_hasher(), rule_key)
 
         def builtin(label: str, get: Getter) -> _Field:
             return label, get, None, get

@@ -1,13 +1,14 @@
 """Deterministic event ids: the same record under the same rule always gets the same id.
 
-The id is a BLAKE2b-128 digest formatted as a version-8 UUID. It covers, each length-framed:
+The id is a BLAKE2b-128 digest (personalization ``otlp-meter.id.v1``) formatted as a version-8
+UUID. It covers, in this order, each framed as an 8-byte little-endian length and the bytes:
 
     resource   Resource.SerializeToString(deterministic=True)
-    scope      InstrumentationScope (name, version, attributes) serialized the same way
+    scope      InstrumentationScope.SerializeToString(deterministic=True)
     signal     b"logs" | b"metrics"
     record     logs:    LogRecord serialized
-               metrics: metric name, metric type, data point serialized
-    rule       the rule name
+               metrics: metric name, metric type (e.g. b"sum"), data point serialized
+    rule       the rule name (UTF-8)
 
 The hashing is staged so each part is fed once: one hasher per resource, copied per scope, copied
 per record, copied per rule. Two records that are byte-for-byte identical (same timestamps, same

@@ -8,6 +8,7 @@ rule compiles (``compile.py``). Both report problems as ``(yaml_path, message)``
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,10 @@ def _check_scalar(value: Any) -> Any:
 
 
 def _check_json(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        raise ValueError(f"{value} is outside the 64-bit integer range")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
     if value is None or isinstance(value, str | int | float):
         return value
     if isinstance(value, list):

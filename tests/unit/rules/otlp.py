@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine
 from tests.support.fake_openmeter import validate_event
@@ -88,7 +88,7 @@ def metric(name: str, kind: str, *points: Mapping[str, Any], unit: str = "") -> 
     out = Metric(name=name, unit=unit)
     data = getattr(out, kind)
     if kind in ("sum", "histogram", "exponential_histogram"):
-        data.aggregation_temporality = 1  # delta
+        data.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
     if kind == "sum":
         data.is_monotonic = True
     for fields in points:
@@ -115,11 +115,21 @@ def metrics_request(
     return request
 
 
-def rule(name: str = "r", *, signal: str = "logs", **parts: Any) -> dict[str, Any]:
-    """A rule mapping with sensible defaults: ``event`` and ``match`` parts are merged in."""
-    match = {"signal": signal, **parts.pop("match", {})}
-    event = {"type": "usage", "subject": "customer-1", **parts.pop("event", {})}
-    return {"name": name, "match": match, "event": event, **parts}
+def rule(
+    name: str = "r",
+    *,
+    signal: str = "logs",
+    continue_: bool = False,
+    match: Mapping[str, Any] | None = None,
+    event: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A rule mapping with sensible defaults; ``match`` and ``event`` are merged over them."""
+    return {
+        "name": name,
+        "continue": continue_,
+        "match": {"signal": signal, **(match or {})},
+        "event": {"type": "usage", "subject": "customer-1", **(event or {})},
+    }
 
 
 def engine(*rules: Mapping[str, Any], packs: Sequence[str] = ()) -> RulesEngine:

@@ -46,7 +46,14 @@ def test_literal_fields_and_explicit_value_form() -> None:
         {
             "type": "api-call",
             "subject": 42,  # numbers become text for string fields
-            "data": {"n": 1, "f": 1.5, "b": False, "s": "x", "list": {"value": [1, 2]}, "obj": {"value": {"a": None}}},
+            "data": {
+                "n": 1,
+                "f": 1.5,
+                "b": False,
+                "s": "x",
+                "list": {"value": [1, 2]},
+                "obj": {"value": {"a": None}},
+            },
         }
     )
     assert (event["type"], event["subject"]) == ("api-call", "42")
@@ -69,14 +76,22 @@ def test_string_fields_from_paths() -> None:
         },
         record,
     )
-    assert (event["type"], event["subject"], event["source"], event["id"]) == ("tokens", "1234", "billing/svc", "evt-1")
+    assert (event["type"], event["subject"], event["source"], event["id"]) == (
+        "tokens",
+        "1234",
+        "billing/svc",
+        "evt-1",
+    )
 
 
 def test_default_is_used_when_no_path_has_a_value() -> None:
     event = event_of(
         {
             "subject": {"path": "attributes.user", "default": "anonymous"},
-            "data": {"tier": {"path": "attributes.tier", "default": "free"}, "n": {"path": "attributes.n", "default": "7", "as": "int"}},
+            "data": {
+                "tier": {"path": "attributes.tier", "default": "free"},
+                "n": {"path": "attributes.n", "default": "7", "as": "int"},
+            },
         }
     )
     assert event["subject"] == "anonymous"
@@ -84,7 +99,9 @@ def test_default_is_used_when_no_path_has_a_value() -> None:
 
 
 def test_optional_data_key_is_left_out() -> None:
-    assert event_of({"data": {"model": {"path": "attributes.model", "optional": True}, "k": 1}})["data"] == {"k": 1}
+    assert event_of({"data": {"model": {"path": "attributes.model", "optional": True}, "k": 1}})["data"] == {
+        "k": 1
+    }
 
 
 def test_optional_source_time_and_id_fall_back_to_their_builtin_defaults() -> None:
@@ -110,7 +127,10 @@ def test_default_source_is_service_name_else_otlp_meter() -> None:
 
 def test_source_is_made_a_uri_reference() -> None:
     # OpenTelemetry SDKs default service.name to unknown_service:<process>; OpenMeter refuses that.
-    assert event_of({}, resource={"service.name": "unknown_service:python"})["source"] == "unknown_service%3Apython"
+    assert (
+        event_of({}, resource={"service.name": "unknown_service:python"})["source"]
+        == "unknown_service%3Apython"
+    )
     assert event_of({"source": "100%"})["source"] == "100%25"
     assert event_of({"source": "urn:svc:1"})["source"] == "urn:svc:1"
     assert event_of({"source": "//host:8080/a"})["source"] == "//host:8080/a"
@@ -144,7 +164,9 @@ def test_source_is_made_a_uri_reference() -> None:
     ],
 )
 def test_as_converts(kind: str, value: Any, expected: Any) -> None:
-    data = data_of(rule(event={"data": {"v": {"path": "attributes.v", "as": kind}}}), log_record({"v": value}))
+    data = data_of(
+        rule(event={"data": {"v": {"path": "attributes.v", "as": kind}}}), log_record({"v": value})
+    )
     assert data["v"] == expected
     assert type(data["v"]) is type(expected)
 
@@ -197,7 +219,10 @@ def test_string_fields_must_end_as_non_empty_text(value: Any, reason: str) -> No
 def test_missing_required_value_rejects_naming_every_path_tried() -> None:
     reason = rejection_of({"subject": {"path": ["attributes.openmeter.subject", "attributes.customer.id"]}})
     assert reason == "subject: no value at attributes.openmeter.subject | attributes.customer.id"
-    assert rejection_of({"data": {"tokens": {"path": "attributes.n"}}}) == "data.tokens: no value at attributes.n"
+    assert (
+        rejection_of({"data": {"tokens": {"path": "attributes.n"}}})
+        == "data.tokens: no value at attributes.n"
+    )
     assert rejection_of({"id": {"path": "attributes.eid"}}) == "id: no value at attributes.eid"
     assert rejection_of({"type": {"path": "record.body"}}) == "type: no value at record.body"
 
@@ -206,11 +231,17 @@ def test_rejected_log_record_keeps_its_resource_and_scope_and_nothing_else() -> 
     keep = log_record({"n": "x"}, time=T0 + 1)
     other = log_record({"n": 1}, time=T0 + 2)
     request = logs_request(other, keep, resource={"service.name": "svc"}, scope_attrs={"a": 1})
-    result = engine(rule(event={"data": {"n": {"path": "attributes.n", "as": "int"}}})).map_logs(request, RECEIVED)
+    result = engine(rule(event={"data": {"n": {"path": "attributes.n", "as": "int"}}})).map_logs(
+        request, RECEIVED
+    )
 
     assert len(result.events) == 1
     [rejection] = result.rejected
-    assert (rejection.signal, rejection.rule, rejection.reason) == ("logs", "r", "data.n: cannot convert 'x' to int")
+    assert (rejection.signal, rejection.rule, rejection.reason) == (
+        "logs",
+        "r",
+        "data.n: cannot convert 'x' to int",
+    )
     original = ExportLogsServiceRequest.FromString(rejection.original)
     expected = logs_request(keep, resource={"service.name": "svc"}, scope_attrs={"a": 1})
     assert original == expected
@@ -227,7 +258,9 @@ def test_rejected_metric_point_keeps_its_metric_without_the_other_points() -> No
     [rejection] = result.rejected
     assert (rejection.signal, rejection.reason) == ("metrics", "subject: no value at attributes.user")
     original = ExportMetricsServiceRequest.FromString(rejection.original)
-    expected = metrics_request(metric("requests", "sum", {"value": 2}, unit="1"), resource={"service.name": "svc"})
+    expected = metrics_request(
+        metric("requests", "sum", {"value": 2}, unit="1"), resource={"service.name": "svc"}
+    )
     assert original == expected
     assert original.resource_metrics[0].scope_metrics[0].metrics[0].sum.is_monotonic
 
@@ -235,6 +268,8 @@ def test_rejected_metric_point_keeps_its_metric_without_the_other_points() -> No
 @pytest.mark.parametrize("kind", ["gauge", "histogram", "exponential_histogram", "summary"])
 def test_rejected_point_of_every_metric_type_round_trips(kind: str) -> None:
     request = metrics_request(metric("m", kind, {"count": 1} if kind != "gauge" else {"value": 1}))
-    result = engine(rule(signal="metrics", event={"subject": {"path": "attributes.user"}})).map_metrics(request, RECEIVED)
+    result = engine(rule(signal="metrics", event={"subject": {"path": "attributes.user"}})).map_metrics(
+        request, RECEIVED
+    )
     [rejection] = result.rejected
     assert ExportMetricsServiceRequest.FromString(rejection.original) == request

@@ -23,7 +23,7 @@ from tests.unit.rules.otlp import (
     rule,
 )
 
-TWO_RULES = engine(rule("first", **{"continue": True}), rule("second"))
+TWO_RULES = engine(rule("first", continue_=True), rule("second"))
 
 
 def ids_of(request: Any, rules: Any = TWO_RULES, received: int = RECEIVED) -> list[str]:
@@ -180,7 +180,10 @@ def test_time_from_a_path_takes_nanoseconds_or_rfc3339_text() -> None:
     at = {"time": {"path": "attributes.at"}}
     assert event_time(log_record({"at": T0 + 5_000_000}), at) == "2024-01-01T00:00:05Z"[:-2] + "0.005Z"
     assert event_time(log_record({"at": "2024-01-01T02:00:00+02:00"}), at) == "2024-01-01T00:00:00Z"
-    assert event_time(log_record(observed=T0), {"time": {"path": "record.observed_time"}}) == "2024-01-01T00:00:00Z"
+    assert (
+        event_time(log_record(observed=T0), {"time": {"path": "record.observed_time"}})
+        == "2024-01-01T00:00:00Z"
+    )
     assert event_time(log_record(), {"time": "2025-05-05T05:05:05.5Z"}) == "2025-05-05T05:05:05.500Z"
 
 
@@ -188,7 +191,10 @@ def test_time_from_a_path_takes_nanoseconds_or_rfc3339_text() -> None:
     ("value", "reason"),
     [
         ("yesterday", "time: not an RFC 3339 time: 'yesterday'"),
-        ("2024-02-30T00:00:00Z", "time: not an RFC 3339 time: '2024-02-30T00:00:00Z' (day is out of range for month)"),
+        (
+            "2024-02-30T00:00:00Z",
+            "time: not an RFC 3339 time: '2024-02-30T00:00:00Z' (day is out of range for month)",
+        ),
         (-1, "time: time -1 ns is outside 1970..9999"),
         ("1969-12-31T23:59:59Z", "time: time -1000000000 ns is outside 1970..9999"),
         (True, "time: must be Unix nanoseconds or RFC 3339 text, got True"),

@@ -67,7 +67,9 @@ rules:
         (rule_text(match="signal: traces"), ("rules[1].match.signal", "must be one of logs, metrics")),
         (rule_text(match="signal: logs\n      where: {path: a}"), ("rules[1].match.where", "must be a list")),
         (
-            rule_text(event="type: t\n      subject: s\n      data: {tokens: {path: attributes.n, as: long}}"),
+            rule_text(
+                event="type: t\n      subject: s\n      data: {tokens: {path: attributes.n, as: long}}"
+            ),
             ("rules[1].event.data.tokens.as", "must be one of int, float, number, string, bool"),
         ),
         (
@@ -88,7 +90,10 @@ rules:
         ),
         (
             rule_text(event="type: t\n      subject: [attributes.a]"),
-            ("rules[1].event.subject", "a list is not a field; write {path: [...]} for fallbacks or {value: [...]}"),
+            (
+                "rules[1].event.subject",
+                "a list is not a field; write {path: [...]} for fallbacks or {value: [...]}",
+            ),
         ),
         (
             rule_text(event="type: t\n      subject:"),
@@ -109,7 +114,10 @@ rules:
         ),
         (
             rule_text(match="signal: logs\n      where: [{path: attributes.a, regex: '(unclosed'}]"),
-            ("rules[1].match.where[0].regex", "invalid regular expression: missing ), unterminated subpattern at position 0"),
+            (
+                "rules[1].match.where[0].regex",
+                "invalid regular expression: missing ), unterminated subpattern at position 0",
+            ),
         ),
         (
             rule_text(match="signal: logs\n      where: [{path: attributes.a, in: []}]"),
@@ -127,8 +135,19 @@ rules:
             rule_text(event="type: t\n      subject: {path: attributes.a, default: 2024-01-01}"),
             (
                 "rules[1].event.subject.default",
-                "must be a JSON value (string, number, bool, null, list or mapping), got datetime.date(2024, 1, 1)",
+                "must be a JSON value (string, number, bool, null, list or mapping), "
+                "got datetime.date(2024, 1, 1)",
             ),
+        ),
+        (
+            rule_text(event="type: t\n      subject: s\n      data: {n: 100000000000000000000}"),
+            ("rules[1].event.data.n.value", "100000000000000000000 is outside the 64-bit integer range"),
+        ),
+        (
+            rule_text(
+                event="type: t\n      subject: s\n      data: {n: {path: attributes.n, default: .nan}}"
+            ),
+            ("rules[1].event.data.n.default", "nan is not a finite number"),
         ),
         (
             "rules:\n  - name: 'has space'\n    match: {signal: logs}\n    event: {type: t, subject: s}\n",
@@ -148,10 +167,13 @@ def test_shape_problem(tmp_path: Path, text: str, expected: tuple[str, str]) -> 
     [
         (
             rule_text(event="type: t\n      subject: {path: attribute.user}"),
-            ("rules[1].event.subject.path", "unknown path 'attribute.user'; valid forms: resource.attributes.<key>, "
-             "scope.attributes.<key>, attributes.<key>, record.attributes.<key>, record.body.<key>, scope.name, "
-             "scope.version, record.body, record.severity_text, record.severity_number, record.time, "
-             "record.observed_time, record.event_name"),
+            (
+                "rules[1].event.subject.path",
+                "unknown path 'attribute.user'; valid forms: resource.attributes.<key>, "
+                "scope.attributes.<key>, attributes.<key>, record.attributes.<key>, record.body.<key>, "
+                "scope.name, scope.version, record.body, record.severity_text, record.severity_number, "
+                "record.time, record.observed_time, record.event_name",
+            ),
         ),
         (
             rule_text(event="type: t\n      subject: {path: [attributes.a, metric.name]}"),
@@ -159,11 +181,17 @@ def test_shape_problem(tmp_path: Path, text: str, expected: tuple[str, str]) -> 
         ),
         (
             rule_text(match="signal: logs\n      where: [{path: point.attributes.k, exists: true}]"),
-            ("rules[1].match.where[0].path", "'point.attributes.<key>' paths are only available in metrics rules"),
+            (
+                "rules[1].match.where[0].path",
+                "'point.attributes.<key>' paths are only available in metrics rules",
+            ),
         ),
         (
             rule_text(event="type: t\n      subject: {path: resource.attributes.}"),
-            ("rules[1].event.subject.path", "'resource.attributes.' needs a key after 'resource.attributes.'"),
+            (
+                "rules[1].event.subject.path",
+                "'resource.attributes.' needs a key after 'resource.attributes.'",
+            ),
         ),
         (
             rule_text(match="signal: logs\n      metric: http.*"),
@@ -190,7 +218,9 @@ def test_shape_problem(tmp_path: Path, text: str, expected: tuple[str, str]) -> 
             ("rules[1].event.time", "not an RFC 3339 time: 'yesterday'"),
         ),
         (
-            rule_text(event="type: t\n      subject: s\n      data: {n: {path: attributes.n, default: x, as: int}}"),
+            rule_text(
+                event="type: t\n      subject: s\n      data: {n: {path: attributes.n, default: x, as: int}}"
+            ),
             ("rules[1].event.data.n.default", "cannot convert 'x' to int"),
         ),
     ],
@@ -204,7 +234,10 @@ def test_all_problems_of_a_file_are_reported_together(tmp_path: Path) -> None:
         match="signal: logs\n      where: [{path: nope, exists: true}]",
         event="type: t\n      subject: {path: nope.either}",
     )
-    assert [path for path, _ in problems(tmp_path, text)] == ["rules[1].match.where[0].path", "rules[1].event.subject.path"]
+    assert [path for path, _ in problems(tmp_path, text)] == [
+        "rules[1].match.where[0].path",
+        "rules[1].event.subject.path",
+    ]
 
 
 def test_config_error_message_names_file_and_path(tmp_path: Path) -> None:
@@ -223,6 +256,7 @@ def test_config_error_message_names_file_and_path(tmp_path: Path) -> None:
         ("- a\n- b\n", "must be a mapping with a top-level 'rules:' list"),
         ("rules: [\n", "invalid YAML: "),
         ("rules: []\nrules: []\n", "invalid YAML: "),
+        ("rules:\n  - ? {a: 1}\n    : x\n", "invalid YAML: "),
     ],
 )
 def test_file_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -232,14 +266,23 @@ def test_file_problem(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path: Path) -> None:
-    text = "rules:\n  - name: a\n    match: {signal: logs}\n    match: {signal: metrics}\n    event: {type: t, subject: s}\n"
+    text = """
+    rules:
+      - name: a
+        match: {signal: logs}
+        match: {signal: metrics}
+        event: {type: t, subject: s}
+    """
     [(_, message)] = problems(tmp_path, text)
     assert "duplicate key 'match'" in message
-    assert "line 4" in message
+    assert "line 5" in message
 
 
 def test_missing_rules_key_and_missing_file(tmp_path: Path) -> None:
-    assert problems(tmp_path, "rule: []\n") == [("rules", "required"), ("rule", "unknown key (did you mean 'rules'?)")]
+    assert problems(tmp_path, "rule: []\n") == [
+        ("rules", "required"),
+        ("rule", "unknown key (did you mean 'rules'?)"),
+    ]
     with pytest.raises(ConfigError) as info:
         read_rule_file(tmp_path / "absent.yaml")
     assert info.value.problems == [("", "cannot read rule file: No such file or directory")]
@@ -251,7 +294,9 @@ def test_missing_rules_key_and_missing_file(tmp_path: Path) -> None:
 def test_duplicate_rule_names_in_one_file(tmp_path: Path) -> None:
     text = "rules:" + GOOD_RULE.format(name="a") + GOOD_RULE.format(name="b") + GOOD_RULE.format(name="a")
     path = write(tmp_path, text)
-    assert problems(tmp_path, text) == [("rules[2].name", f"duplicate rule name 'a' (first defined at {path} rules[0])")]
+    assert problems(tmp_path, text) == [
+        ("rules[2].name", f"duplicate rule name 'a' (first defined at {path} rules[0])")
+    ]
 
 
 def test_duplicate_rule_names_across_files_and_packs(tmp_path: Path) -> None:
@@ -280,14 +325,20 @@ def test_unknown_pack_lists_the_available_ones() -> None:
 def test_evaluation_order_is_inline_then_files_then_packs(tmp_path: Path) -> None:
     a = write(tmp_path, "rules:" + GOOD_RULE.format(name="file-a"), "a.yaml")
     b = write(tmp_path, "rules:" + GOOD_RULE.format(name="file-b"), "b.yaml")
-    inline = RuleModel.model_validate({"name": "inline", "match": {"signal": "logs"}, "event": {"type": "t", "subject": "s"}})
+    inline = RuleModel.model_validate(
+        {"name": "inline", "match": {"signal": "logs"}, "event": {"type": "t", "subject": "s"}}
+    )
     config = RulesConfig(packs=["http"], files=[b, a], inline=[inline])
     assert RulesEngine.from_config(config).rule_names == ["inline", "file-b", "file-a", "http-api-call"]
 
 
 def test_inline_rule_problems_are_paths_in_the_main_config() -> None:
     inline = RuleModel.model_validate(
-        {"name": "x", "match": {"signal": "metrics"}, "event": {"type": "t", "subject": {"path": "record.body"}}}
+        {
+            "name": "x",
+            "match": {"signal": "metrics"},
+            "event": {"type": "t", "subject": {"path": "record.body"}},
+        }
     )
     with pytest.raises(ConfigError) as info:
         RulesEngine.from_config(RulesConfig(packs=[], inline=[inline]))
@@ -301,7 +352,10 @@ def test_inline_rule_problems_are_paths_in_the_main_config() -> None:
 
 
 def test_rules_config_is_strict_and_reports_yaml_paths() -> None:
-    raw: dict[str, Any] = {"pack": [], "inline": [{"name": "x", "match": {"signal": "logs"}, "event": {"type": "t"}}]}
+    raw: dict[str, Any] = {
+        "pack": [],
+        "inline": [{"name": "x", "match": {"signal": "logs"}, "event": {"type": "t"}}],
+    }
     with pytest.raises(ValidationError) as info:
         RulesConfig.model_validate(raw)
     assert validation_problems(info.value, "rules") == [
@@ -317,4 +371,6 @@ def test_rules_config_defaults() -> None:
 
 
 def test_packs_dir_is_the_repository_rules_dir() -> None:
-    assert (PACKS_DIR / "genai.yaml").read_text() == (Path(__file__).parents[3] / "rules" / "genai.yaml").read_text()
+    assert (PACKS_DIR / "genai.yaml").read_text() == (
+        Path(__file__).parents[3] / "rules" / "genai.yaml"
+    ).read_text()

@@ -22,12 +22,12 @@ def matched_rules(rules: list[dict[str, Any]], attrs: dict[str, Any]) -> list[st
     return [event["type"] for event in events(result)]
 
 
-def typed(name: str, where: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def typed(name: str, where: list[dict[str, Any]] | None = None, *, continue_: bool = False) -> dict[str, Any]:
     return {
         "name": name,
+        "continue": continue_,
         "match": {"signal": "logs", "where": where or []},
         "event": {"type": name, "subject": "s"},
-        **extra,
     }
 
 
@@ -41,18 +41,18 @@ def test_first_matching_rule_wins() -> None:
 
 
 def test_continue_lets_later_rules_match_too() -> None:
-    rules = [typed("a", **{"continue": True}), typed("b", **{"continue": True}), typed("c"), typed("d")]
+    rules = [typed("a", continue_=True), typed("b", continue_=True), typed("c"), typed("d")]
     assert matched_rules(rules, {}) == ["a", "b", "c"]
 
 
 def test_continue_on_a_rule_that_did_not_match_changes_nothing() -> None:
-    rules = [typed("a", [{"path": "attributes.x", "exists": True}], **{"continue": True}), typed("b")]
+    rules = [typed("a", [{"path": "attributes.x", "exists": True}], continue_=True), typed("b")]
     assert matched_rules(rules, {}) == ["b"]
     assert matched_rules(rules, {"x": 1}) == ["a", "b"]
 
 
 def test_counts_records_unmatched_and_matches_per_rule() -> None:
-    rules = [typed("a", [{"path": "attributes.x", "equals": 1}], **{"continue": True}), typed("b")]
+    rules = [typed("a", [{"path": "attributes.x", "equals": 1}], continue_=True), typed("b")]
     rules[1]["match"]["where"] = [{"path": "attributes.x", "exists": True}]
     records = [log_record({"x": 1}), log_record({"x": 2}), log_record({}), log_record({})]
     result = engine(*rules).map_logs(logs_request(*records), RECEIVED)
@@ -118,7 +118,10 @@ def test_condition(condition: dict[str, Any], attrs: dict[str, Any], expected: b
 
 
 def test_all_conditions_must_hold() -> None:
-    where = [{"path": "attributes.a", "exists": True}, {"path": "attributes.b", "equals": "y"}]
+    where: list[dict[str, Any]] = [
+        {"path": "attributes.a", "exists": True},
+        {"path": "attributes.b", "equals": "y"},
+    ]
     rules = [typed("hit", where)]
     assert matched_rules(rules, {"a": 1, "b": "y"}) == ["hit"]
     assert matched_rules(rules, {"a": 1, "b": "n"}) == []

@@ -14,7 +14,16 @@ from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 from tests.support.fake_openmeter import validate_event
 from tests.unit.rules.otlp import RECEIVED, log_record, logs_request, metric, metrics_request
 
-KEYS = ["method", "path", "user", "duration", "t", "customer.id", "gen_ai.usage.input_tokens", "gen_ai.system"]
+KEYS = [
+    "method",
+    "path",
+    "user",
+    "duration",
+    "t",
+    "customer.id",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.system",
+]
 scalars = st.one_of(
     st.none(),
     st.text(max_size=12),
@@ -58,7 +67,10 @@ POINTS = RuleModel.model_validate(
             "type": "t",
             "subject": {"path": "attributes.user"},
             "time": {"path": "attributes.t", "optional": True},
-            "data": {"value": {"path": "point.value", "as": "number"}, "attrs": {"path": "attributes.customer.id"}},
+            "data": {
+                "value": {"path": "point.value", "as": "number"},
+                "attrs": {"path": "attributes.customer.id"},
+            },
         },
     }
 )
@@ -72,9 +84,11 @@ def check_events(result: Any) -> None:
         assert validate_event(decoded, None, "v3") == []
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(attribute_maps, values), min_size=1, max_size=4), attribute_maps)
-def test_mapping_logs_never_raises(records: list[tuple[dict[str, Any], Any]], resource: dict[str, Any]) -> None:
+def test_mapping_logs_never_raises(
+    records: list[tuple[dict[str, Any], Any]], resource: dict[str, Any]
+) -> None:
     request = logs_request(*(log_record(attrs, body=body) for attrs, body in records), resource=resource)
     result = ENGINE.map_logs(request, RECEIVED)
     check_events(result)
@@ -85,14 +99,18 @@ def test_mapping_logs_never_raises(records: list[tuple[dict[str, Any], Any]], re
         assert len(ExportLogsServiceRequest.FromString(rejection.original).resource_logs) == 1
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(attribute_maps, st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats())), min_size=1, max_size=4
+        st.tuples(attribute_maps, st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats())),
+        min_size=1,
+        max_size=4,
     )
 )
 def test_mapping_metrics_never_raises(points: list[tuple[dict[str, Any], int | float]]) -> None:
-    request = metrics_request(metric("m", "gauge", *({"attrs": attrs, "value": value} for attrs, value in points)))
+    request = metrics_request(
+        metric("m", "gauge", *({"attrs": attrs, "value": value} for attrs, value in points))
+    )
     result = ENGINE.map_metrics(request, RECEIVED)
     check_events(result)
     assert len(result.events) + len(result.rejected) == len(points)

@@ -198,7 +198,7 @@ def read_points(*metrics: Any) -> list[dict[str, Any]]:
 
 
 def test_number_points_gauge_and_sum() -> None:
-    common = {"metric.unit": "By", "attributes.k": "v", "point.attributes.k": "v"}
+    common: dict[str, Any] = {"metric.unit": "By", "attributes.k": "v", "point.attributes.k": "v"}
     common |= {"resource.attributes.r": "res", "scope.name": "my.meter", "point.time": T0 + 60}
     points = read_points(
         metric("g", "gauge", {"value": 7, "attrs": {"k": "v"}, "time_unix_nano": T0 + 60}, unit="By"),
