@@ -85,8 +85,8 @@ class Pipeline:
             self._metrics.rules_unmatched.labels(signal).inc(mapped.unmatched)
         message = ""
         if mapped.rejected:
-            self._metrics.rules_rejected.labels(signal).inc(len(mapped.rejected))
+            self._metrics.rules_rejected.labels(signal).inc(mapped.rejected_records)
             reasons = [f"{r.rule}: {r.reason}" for r in mapped.rejected[:MAX_REASONS_IN_MESSAGE]]
             more = len(mapped.rejected) - len(reasons)
             message = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
-        return IngestResult(mapped.records, len(mapped.rejected), message, n_appended, n_dedup)
+        return IngestResult(mapped.records, mapped.rejected_records, message, n_appended, n_dedup)

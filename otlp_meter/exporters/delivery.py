@@ -206,4 +206,3 @@ class Exporter:
             await asyncio.wait_for(self._stop.wait(), seconds)
         if self._stop.is_set():
             raise Stopping
-

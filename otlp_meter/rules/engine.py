@@ -44,6 +44,8 @@ class MappingResult:
     """Records no rule matched; they are counted and dropped."""
     matched: dict[str, int]
     """Records matched per rule name (rules that matched nothing are absent)."""
+    rejected_records: int = 0
+    """Records with at least one rejection (what OTLP ``partial_success`` counts)."""
 
 
 @dataclass(slots=True)
@@ -54,9 +56,12 @@ class _Tally:
     matched: dict[str, int] = field(default_factory=dict)
     records: int = 0
     unmatched: int = 0
+    rejected_records: int = 0
 
     def result(self) -> MappingResult:
-        return MappingResult(self.events, self.rejected, self.records, self.unmatched, self.matched)
+        return MappingResult(
+            self.events, self.rejected, self.records, self.unmatched, self.matched, self.rejected_records
+        )
 
 
 class RulesEngine:
@@ -144,6 +149,7 @@ def _apply(
     original: Callable[[RecordView], bytes],
 ) -> None:
     hit = False
+    rejections_before = len(tally.rejected)
     for rule in rules:
         for condition in rule.conditions:
             if not condition(view):
@@ -163,6 +169,8 @@ def _apply(
                 break
     if not hit:
         tally.unmatched += 1
+    elif len(tally.rejected) > rejections_before:
+        tally.rejected_records += 1
 
 
 def _log_original(view: RecordView) -> bytes:

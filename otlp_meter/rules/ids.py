@@ -6,7 +6,7 @@ UUID. It covers, in this order, each framed as an 8-byte little-endian length an
     resource   Resource.SerializeToString(deterministic=True)
     scope      InstrumentationScope.SerializeToString(deterministic=True)
     signal     b"logs" | b"metrics"
-    record     logs:    LogRecord serialized
+    record     logs:    LogRecord serialized (without observed_time_unix_nano when time_unix_nano is set)
                metrics: metric name, metric type (e.g. b"sum"), data point serialized
     rule       the rule name (UTF-8)
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from google.protobuf.message import Message
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 _PERSON = b"otlp-meter.id.v1"  # BLAKE2b personalization, exactly 16 bytes
 
@@ -48,10 +49,24 @@ _LOGS = _frame(b"logs")
 _METRICS = _frame(b"metrics")
 
 
-def log_record_hasher(parent: hashlib.blake2b, record: Message) -> hashlib.blake2b:
-    """A copy of a scope hasher extended with one log record."""
+def log_record_hasher(parent: hashlib.blake2b, record: LogRecord) -> hashlib.blake2b:
+    """A copy of a scope hasher extended with one log record.
+
+    When the record has its own ``time_unix_nano``, ``observed_time_unix_nano`` is left out: it is
+    when *a collector* saw the record, and a record read twice (a file tailer restarting, an SDK
+    re-emitting after a crash) must still be one event.
+    """
     hasher = parent.copy()
-    hasher.update(_LOGS + _frame(record.SerializeToString(deterministic=True)))
+    observed = record.observed_time_unix_nano
+    if observed and record.time_unix_nano:
+        record.observed_time_unix_nano = 0
+        try:
+            serialized = record.SerializeToString(deterministic=True)
+        finally:
+            record.observed_time_unix_nano = observed
+    else:
+        serialized = record.SerializeToString(deterministic=True)
+    hasher.update(_LOGS + _frame(serialized))
     return hasher
 
 

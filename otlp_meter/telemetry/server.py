@@ -25,7 +25,8 @@ def telemetry_app(metrics: Metrics, readiness: Readiness) -> AsgiApp:
             await respond(send, 405, b"method not allowed\n", "text/plain", [(b"allow", b"GET, HEAD")])
         elif path == "/metrics":
             if "application/openmetrics-text" in (header(scope, b"accept") or ""):
-                await respond(send, 200, generate_openmetrics(metrics.registry), OPENMETRICS_CONTENT_TYPE)
+                body = generate_openmetrics(metrics.registry)  # type: ignore[no-untyped-call]
+                await respond(send, 200, body, OPENMETRICS_CONTENT_TYPE)
             else:
                 await respond(send, 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":

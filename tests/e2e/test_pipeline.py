@@ -179,12 +179,12 @@ def test_the_same_request_twice_is_delivered_once_with_the_same_ids(
     assert service.metric("otlp_meter_queue_deduplicated_events_total") == 1
 
 
-def test_sdk_retry_after_a_lost_answer_is_not_counted_twice(
+def test_a_record_emitted_again_with_a_new_observed_time_is_not_counted_twice(
     service: ServiceProcess, openmeter: FakeOpenMeter
 ) -> None:
     send_logs("grpc", service.grpc_endpoint, [genai_record(5)])
     first = openmeter.wait_for_events(2)
-    send_logs("http", service.http_url, [genai_record(5)])  # same record again, other transport
+    send_logs("http", service.http_url, [genai_record(5)])  # same record, new SDK, new observed time
     send_logs("grpc", service.grpc_endpoint, [genai_record(6)])
     events = openmeter.wait_for_events(4)
     assert openmeter.duplicates() == []
@@ -293,5 +293,5 @@ def test_records_a_rule_cannot_map_are_rejected_through_partial_success(
     partial = response.json()["partialSuccess"]
     assert partial["rejectedLogRecords"] == "1"
     assert "subject" in partial["errorMessage"]
-    assert service.metric("otlp_meter_queue_dead_letters") == 1
+    assert service.metric("otlp_meter_queue_dead_letters") == 2  # one per rule that failed
     assert openmeter.events == []
