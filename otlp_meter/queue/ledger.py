@@ -4,7 +4,6 @@ in-memory book of leases shared by the asyncio side and the writer thread.
 
 from __future__ import annotations
 
-import logging
 import struct
 import threading
 from dataclasses import dataclass, field, replace
@@ -14,8 +13,9 @@ import lmdb
 
 from otlp_meter.errors import StorageError
 from otlp_meter.queue import codec
+from otlp_meter.telemetry.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("queue")
 
 SCHEMA_VERSION = b"1"
 """Layout of the named databases below; bump it (with a migration) when the layout changes."""
@@ -172,7 +172,7 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
                 setattr(counters, attr, last + 1)
                 repaired = True
     if repaired and (counters.depth or counters.dead_count):
-        log.warning("queue counters were missing or inconsistent and have been recomputed: %s", counters)
+        log.warning("queue_counters_recomputed", counters=str(counters))
     return counters, repaired
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -38,10 +37,11 @@ from otlp_meter.queue.ledger import Counters, Handles, Ledger, load_counters, op
 from otlp_meter.queue.ops import AckOp, AppendOp, DeadLetterOp, Op, PruneOp, PurgeDeadOp, QuarantineOp
 from otlp_meter.queue.types import AppendResult, DeadLetterEntry, LeasedEvent, QueueStats
 from otlp_meter.queue.writer import PRUNE_BATCH, Writer
+from otlp_meter.telemetry.logging import get_logger
 
 __all__ = ["AppendResult", "DeadLetterEntry", "LeasedEvent", "LmdbQueue", "QueueStats"]
 
-log = logging.getLogger(__name__)
+log = get_logger("queue")
 
 T = TypeVar("T")
 
@@ -90,11 +90,11 @@ class LmdbQueue:
         self._writer = Writer(handles, self._config, self._ledger, self._clock, self._on_append)
         self._writer.start()
         log.info(
-            "queue open at %s: %d events (%d bytes), %d dead letters",
-            self._config.path,
-            counters.depth,
-            counters.size,
-            counters.dead_count,
+            "queue_opened",
+            path=str(self._config.path),
+            events=counters.depth,
+            bytes=counters.size,
+            dead_letters=counters.dead_count,
         )
 
     def close(self) -> None:
@@ -191,7 +191,7 @@ class LmdbQueue:
             ledger.quarantining.update(key for key, _ in corrupt)
         if corrupt:
             for key, why in corrupt:
-                log.error("moving aside an undecodable queue record (key %s): %s", key.hex(), why)
+                log.error("queue_record_corrupt", key=key.hex(), error=why, action="moved aside")
             with contextlib.suppress(ShuttingDownError):  # if closing: moved aside on the next run
                 self._require_writer().submit(QuarantineOp(keys=[key for key, _ in corrupt]))
         return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -27,8 +26,9 @@ from otlp_meter.queue import codec
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.ledger import Counters, Handles, Ledger, store_counters
 from otlp_meter.queue.ops import Op, PruneOp, Refused
+from otlp_meter.telemetry.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("queue")
 
 
 GROUP_MAX_BYTES = 32 * 1024 * 1024
@@ -130,7 +130,9 @@ class Group:
         c = self.counters
         if (c.depth == 0 and c.size != 0) or (c.dead_count == 0 and c.dead_size != 0):
             # Only possible if records were changed behind our back; empty means zero bytes.
-            log.warning("queue byte counters drifted (%s); reset with the store empty", c)
+            log.warning(
+                "queue_counters_reset", counters=str(c), reason="byte counters drifted with the store empty"
+            )
             c.size = c.size if c.depth else 0
             c.dead_size = c.dead_size if c.dead_count else 0
         if c != self._initial:  # an unchanged transaction commits without touching the disk
@@ -206,7 +208,7 @@ class Writer:
         try:
             self._loop()
         except BaseException:
-            log.exception("queue writer thread crashed; the queue refuses all writes from now on")
+            log.exception("queue_writer_crashed", consequence="the queue refuses all writes from now on")
         finally:
             with self._submit_lock:
                 self._closed = True
@@ -293,7 +295,7 @@ class Writer:
                 raise
         except Exception as exc:
             failure = _commit_failure(exc)
-            log.error("queue commit of %d operations failed: %s", len(ops), exc, exc_info=True)
+            log.exception("queue_commit_failed", operations=len(ops), error=repr(exc))
             for op in ops:
                 _settle_threadsafe(op, None, failure())
             return
@@ -308,9 +310,10 @@ class Writer:
             ledger.quarantining.difference_update(group.quarantined)
         if group.evicted:
             log.warning(
-                "dedupe key limit (%d) reached: forgot %d keys before their window ended",
-                self._config.dedupe_max_keys,
-                group.evicted,
+                "queue_dedupe_keys_evicted",
+                limit=self._config.dedupe_max_keys,
+                evicted=group.evicted,
+                consequence="these keys were forgotten before their dedupe window ended",
             )
         # Wake the exporter before the appenders: it is scheduled first on each loop.
         if self._on_append is not None:

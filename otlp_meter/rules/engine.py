@@ -10,7 +10,6 @@ it can go to the dead-letter store and be replayed.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +24,9 @@ from otlp_meter.rules.compile import CompiledRule, Rejected
 from otlp_meter.rules.loader import load_rules
 from otlp_meter.rules.model import RulesConfig
 from otlp_meter.rules.paths import DataPoint, RecordView, ResourceState, ScopeState
+from otlp_meter.telemetry.logging import get_logger
 
-_log = logging.getLogger(__name__)
+_log = get_logger("rules")
 _METRIC_CACHE_LIMIT = 4096
 
 
@@ -162,7 +162,7 @@ def _apply(
             except Rejected as exc:
                 tally.rejected.append(Rejection(tally.signal, rule.name, exc.reason, original(view)))
             except Exception as exc:  # a bug here must not turn one record into a failed request
-                _log.exception("rule %r failed on a record; the record is rejected", rule.name)
+                _log.exception("rule_internal_error", rule=rule.name, consequence="the record is rejected")
                 reason = f"internal error: {type(exc).__name__}: {exc}"
                 tally.rejected.append(Rejection(tally.signal, rule.name, reason, original(view)))
             if not rule.continue_:
