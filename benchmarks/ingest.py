@@ -9,7 +9,6 @@ answer (an answer means the events are committed to disk). It prints one table r
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import statistics
@@ -110,15 +109,18 @@ def run(seconds: float, records: int, clients: int) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         grpc_port, telemetry_port = free_port(), free_port()
         config = {
-            "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}, "http": {"enabled": False}}},
+            "receivers": {
+                "otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}, "http": {"enabled": False}}
+            },
             "queue": {"directory": f"{tmp}/data", "sync": True},
             "exporter": {"openmeter": {"url": f"http://127.0.0.1:{stub.server_port}"}},
             "telemetry": {"endpoint": f"127.0.0.1:{telemetry_port}", "logs": {"level": "warn"}},
         }
         Path(f"{tmp}/config.yaml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENMETER_")}
-        service = subprocess.Popen([sys.executable, "-m", "otlp_meter", "run", "--config", f"{tmp}/config.yaml"],
-                                   env=env)
+        service = subprocess.Popen(
+            [sys.executable, "-m", "otlp_meter", "run", "--config", f"{tmp}/config.yaml"], env=env
+        )
         try:
             for _ in range(500):
                 try:
@@ -128,8 +130,12 @@ def run(seconds: float, records: int, clients: int) -> Result:
                     pass
                 time.sleep(0.02)
             out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-            procs = [multiprocessing.Process(target=_generate, args=(f"127.0.0.1:{grpc_port}", c, records, seconds, out))
-                     for c in range(clients)]
+            procs = [
+                multiprocessing.Process(
+                    target=_generate, args=(f"127.0.0.1:{grpc_port}", c, records, seconds, out)
+                )
+                for c in range(clients)
+            ]
             cpu_before = _cpu_seconds(service.pid)
             started = time.perf_counter()
             for p in procs:
@@ -165,10 +171,11 @@ def main() -> None:
     result = run(args.seconds, args.records, args.clients)
     print(f"{'scenario':<34} {'records/s':>10} {'CPU µs/rec':>11} {'RSS MiB':>8} {'p50 ms':>7} {'p99 ms':>7}")
     name = f"gRPC {args.records}-rec x{args.clients} clients"
-    print(f"{name:<34} {result.records_per_s:>10,.0f} {result.cpu_us_per_record:>11.1f} {result.rss_mib:>8.1f} "
-          f"{result.p50_ms:>7.1f} {result.p99_ms:>7.1f}")
+    print(
+        f"{name:<34} {result.records_per_s:>10,.0f} {result.cpu_us_per_record:>11.1f} {result.rss_mib:>8.1f} "
+        f"{result.p50_ms:>7.1f} {result.p99_ms:>7.1f}"
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(asyncio.sleep(0))
     main()
