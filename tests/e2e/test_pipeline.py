@@ -295,3 +295,26 @@ def test_records_a_rule_cannot_map_are_rejected_through_partial_success(
     assert "subject" in partial["errorMessage"]
     assert service.metric("otlp_meter_queue_dead_letters") == 2  # one per rule that failed
     assert openmeter.events == []
+
+
+def test_acknowledged_events_survive_sigkill_and_are_delivered_after_restart(
+    service_factory: ServiceFactory, openmeter: FakeOpenMeter
+) -> None:
+    openmeter.set_down(503, retry_after="0")
+    service = service_factory().start()
+    send_logs("grpc", service.grpc_endpoint, [genai_record(i) for i in range(10)])  # acked = durable
+    service.kill()  # no shutdown code runs
+    assert openmeter.events == []
+
+    openmeter.set_down(None)
+    restarted = service_factory(workdir=service.workdir).start()
+    events = openmeter.wait_for_events(20)
+    assert comparable(events) == comparable([e for i in range(10) for e in expected_genai(i)])
+    assert openmeter.duplicates() == []
+    assert restarted.stop() == 0
+
+
+def test_sigterm_exits_cleanly_and_logs_the_shutdown(service: ServiceProcess) -> None:
+    assert service.stop() == 0
+    names = [e["event"] for e in service.log_events()]
+    assert names.index("startup") < names.index("shutdown_started") < names.index("shutdown_complete")
