@@ -1,4 +1,4 @@
-"""``otlp-meter run | check | version``."""
+"""``otlp-meter run | check | rules test | version``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from otlp_meter import __version__
 from otlp_meter.config import Config, load_config
@@ -32,7 +33,40 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and its rules, then exit")
     check.add_argument("--config", type=Path, help="YAML config file (default: embedded defaults)")
     sub.add_parser("version", help="print the version")
+    _add_rules_commands(sub)
     return parser
+
+
+def _add_rules_commands(sub: Any) -> None:
+    rules = sub.add_parser("rules", help="work with rules")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    test = rules_sub.add_parser(
+        "test",
+        help="show what rules make of an OTLP file; nothing is sent or stored",
+        description="Exit codes: 0 every record made events or matched no rule; 1 some records were "
+        "rejected; 2 the rules are invalid; 3 the input cannot be read.",
+    )
+    test.add_argument(
+        "--rules", type=Path, action="append", default=[], help="rule file or directory of them (repeatable)"
+    )
+    test.add_argument(
+        "--pack",
+        action="append",
+        help="shipped pack to load after the rule files (repeatable); default: every pack without --rules",
+    )
+    test.add_argument(
+        "--input", required=True, help="OTLP/JSON (a request, or one per line) or protobuf; - for stdin"
+    )
+    test.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    test.add_argument("--now", help="receive time, RFC 3339 or Unix nanoseconds (default: now)")
+    test.add_argument("--signal", choices=["logs", "metrics"], help="the input's signal if it cannot be told")
+    test.add_argument(
+        "--initial-value",
+        choices=["auto", "keep", "drop"],
+        default="keep",
+        help="first point of a cumulative stream (default keep: show its whole value; the service "
+        "defaults to auto)",
+    )
 
 
 def _load(path: Path | None) -> tuple[Config, RulesEngine]:
@@ -94,6 +128,10 @@ def run(path: Path | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "rules":
+        from otlp_meter.rules.dry_run import rules_test
+
+        return rules_test(args)
     if args.command == "version":
         print(__version__)
         return EXIT_OK

@@ -22,16 +22,41 @@ from otlp_meter.receivers.config import ReceiversConfig
 from otlp_meter.rules.model import RulesConfig
 from otlp_meter.telemetry.config import TelemetryConfig
 
-_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\}")
+_VALIDATOR_ERRORS = frozenset({"value_error", "assertion_error"})  # messages written by validators
+_MIN_REDACTED_LENGTH = 3  # shorter inputs ("1", "ab") are not secrets and would mangle messages
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the silently ignored first one is a classic trap)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class ServiceConfig(Section):
+    """Process lifecycle (the ``service:`` section)."""
+
     shutdown_timeout: Duration = Field(
         20.0, description="On SIGTERM: how long in-flight requests and deliveries may take before exit."
     )
 
 
 class Config(Section):
+    """The whole configuration file; every section optional."""
+
     receivers: ReceiversConfig = Field(default_factory=ReceiversConfig, description="Where data comes in.")
     rules: RulesConfig = Field(default_factory=RulesConfig, description="How records become CloudEvents.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="The durable on-disk queue.")
@@ -47,16 +72,21 @@ def _join(path: str, key: str | int) -> str:
 
 
 def expand_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    """Replace ``${VAR}`` in every string (keys are left alone); ``$$`` is a literal ``$``.
+
+    ``${VAR:-default}``: the default when VAR is unset or empty; ``${VAR-default}``: only when
+    unset (shell semantics). ``${VAR}`` unset is a ConfigError naming VAR and the YAML path.
+    """
     if isinstance(value, str):
         missing: list[str] = []
 
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
-            name, default = match.group(1), match.group(2)
-            if name in env and (env[name] or default is None):
-                return env[name]
+            name, colon, default = match.group(1), match.group(2), match.group(3)
+            value = env.get(name)
+            if value is not None and (value or default is None or not colon):
+                return value
             if default is not None:
                 return default
             missing.append(name)
@@ -75,34 +105,80 @@ def expand_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
     return value
 
 
+def _strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bool | int | float):
+        return [str(value)]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings_in(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _strings_in(item)]
+    return []
+
+
+def redact(message: str, value: Any) -> str:
+    """``message`` with every string of ``value`` (and its repr) replaced by ``<redacted>``.
+
+    A safety net: our validators do not echo values, but a validator anywhere in the tree might
+    ("must be an http(s) URL, got 'https://user:secret@…'"), and a secret must never reach
+    ``check`` output or logs.
+    """
+    texts = sorted({t for t in _strings_in(value) if len(t) >= _MIN_REDACTED_LENGTH}, key=len, reverse=True)
+    for text in texts:
+        message = message.replace(repr(text), "<redacted>").replace(text, "<redacted>")
+    return message
+
+
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """Pydantic errors as (yaml path, message), without the offending values."""
     problems = []
-    for error in exc.errors(include_input=False, include_url=False):
+    for error in exc.errors(include_url=False):
         path = prefix
         for part in error["loc"]:
             path = _join(path, part)
         message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        if error["type"] in _VALIDATOR_ERRORS:  # pydantic's own messages never quote the input
+            message = redact(message, error.get("input"))
         problems.append((path, message))
     return problems
 
 
-def parse_config(document: Any, env: Mapping[str, str], source: str = "") -> Config:
+def parse_config(
+    document: Any, env: Mapping[str, str], source: str = "", base_dir: Path | None = None
+) -> Config:
+    """Validate a parsed YAML document (None = empty = defaults) after ``${ENV}`` expansion.
+
+    Relative ``rules.files`` resolve against ``base_dir`` (the config file's directory) when given.
+    """
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([("", "the config must be a mapping of sections")], source)
     try:
         expanded = expand_env(document, env)
-        return Config.model_validate(expanded)
+        config = Config.model_validate(expanded)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source) from None
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc), source) from None
+    return config if base_dir is None else _resolve_rule_files(config, base_dir)
+
+
+def _resolve_rule_files(config: Config, base_dir: Path) -> Config:
+    """Rule files named relative to the config file, so ``run`` works from any directory."""
+    files = [path if path.is_absolute() else base_dir / path for path in config.rules.files]
+    if files == config.rules.files:
+        return config
+    rules = config.rules.model_copy(update={"files": files})
+    return config.model_copy(update={"rules": rules})
 
 
 def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
-    """Load ``path`` (or the embedded defaults when None)."""
+    """Load ``path`` (or the embedded defaults when None); problems raise ConfigError.
+
+    Relative paths in ``rules.files`` are relative to the directory of ``path``.
+    """
     if path is None:
         return parse_config({}, env, "<defaults>")
     try:
@@ -110,10 +186,11 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")], str(path)) from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
+        # Only the problem and its position: str(exc) quotes the offending line, maybe a secret.
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError([(where, f"invalid YAML: {problem}")], str(path)) from None
-    return parse_config(document, env, str(path))
+    return parse_config(document, env, str(path), base_dir=path.parent)

@@ -6,78 +6,111 @@ composes them. All of them derive from :class:`Section` so unknown keys are erro
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")
+_DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)\s*")
+_NUMBER_RE = re.compile(r"^\d+(?:\.\d+)?$")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
     "µs": 1e-6,
     "ms": 1e-3,
     "s": 1.0,
-    None: 1.0,
     "m": 60.0,
     "h": 3600.0,
     "d": 86400.0,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB|k|M|G)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+# Case-insensitive: "64MiB", "64mib" and "64Mi" are the same. Single letters (and the Kubernetes
+# "Ki"/"Mi"/"Gi"/"Ti") are binary, like Docker's "64m"; "KB"/"MB"/... are decimal.
 _SIZE_UNITS = {
-    None: 1,
-    "B": 1,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
     "k": 1024,
-    "M": 1024**2,
-    "G": 1024**3,
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-    "TiB": 1024**4,
+    "m": 1024**2,
+    "g": 1024**3,
+    "t": 1024**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
 }
+# Messages never echo the value: it may be a secret put in the wrong field.
+_DURATION_HINT = "expected a duration like '5s', '500ms', '1m30s' or '24h', or a number of seconds"
+_SIZE_HINT = "expected a size like '64MiB', '1GB' or a number of bytes"
+
+
+def _duration_text(text: str) -> float:
+    text = text.strip()
+    if _NUMBER_RE.match(text):
+        return float(text)
+    seconds = 0.0
+    position = 0
+    for match in _DURATION_PART_RE.finditer(text):  # "1h30m", "1m30.5s", Go style
+        if match.start() != position:
+            raise ValueError(_DURATION_HINT)
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position == 0 or position != len(text):
+        raise ValueError(_DURATION_HINT)
+    return seconds
 
 
 def parse_duration(value: Any) -> float:
-    """``"1.5s"``, ``"500ms"``, ``"24h"`` or a number of seconds → seconds as float."""
+    """``"1.5s"``, ``"500ms"``, ``"1m30s"``, ``"24h"`` or a number of seconds → seconds as float."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration like '5s', '500ms' or '24h'")
+        raise ValueError(_DURATION_HINT)
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    elif isinstance(value, str):
+        seconds = _duration_text(value)
     else:
-        raise ValueError(f"expected a duration like '5s', '500ms' or '24h', got {value!r}")
+        raise ValueError(_DURATION_HINT)
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
 def parse_byte_size(value: Any) -> int:
-    """``"64MiB"``, ``"1GB"`` or a number of bytes → bytes as int."""
+    """``"64MiB"``, ``"1GB"``, ``"512Ki"`` or a number of bytes → bytes as int."""
     if isinstance(value, bool):
-        raise ValueError("expected a size like '64MiB' or a number of bytes")
+        raise ValueError(_SIZE_HINT)
     if isinstance(value, int):
         size = value
     elif isinstance(value, float) and value.is_integer():
         size = int(value)
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    elif (
+        isinstance(value, str)
+        and (m := _SIZE_RE.match(value))
+        and (unit := m.group(2).lower()) in _SIZE_UNITS
+    ):
+        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
     else:
-        raise ValueError(f"expected a size like '64MiB', '1GB' or a number of bytes, got {value!r}")
+        raise ValueError(_SIZE_HINT)
     if size < 0:
         raise ValueError("a size cannot be negative")
     return size
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds; YAML may say ``5s``, ``500ms``, ``24h`` or a plain number of seconds."""
+"""Seconds; YAML may say ``5s``, ``500ms``, ``1m30s``, ``24h`` or a plain number of seconds."""
 
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
-"""Bytes; YAML may say ``64MiB``, ``1GB`` or a plain number."""
+"""Bytes; YAML may say ``64MiB``, ``1GB``, ``512Ki`` or a plain number."""
 
 
 class Section(BaseModel):

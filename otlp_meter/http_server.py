@@ -99,14 +99,22 @@ class HttpServer:
         self._server = None
 
 
+class ClientDisconnectedError(Exception):
+    """The client went away before sending the whole body; there is nobody left to answer."""
+
+
 async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """Read the whole request body, or return None as soon as it exceeds ``limit`` bytes."""
+    """Read the whole request body, or return None as soon as it exceeds ``limit`` bytes.
+
+    Raises :class:`ClientDisconnectedError` if the client disconnects first: a truncated body must
+    never be taken for the whole one (it may even decode, and then be ingested half).
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientDisconnectedError("client disconnected before the end of the request body")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -34,6 +34,8 @@ class IngestResult:
 
 
 class Pipeline:
+    """Rules, then one durable append per request. Safe to call from many tasks on one loop."""
+
     def __init__(
         self,
         engine: RulesEngine,
@@ -54,12 +56,18 @@ class Pipeline:
     async def ingest_logs(
         self, request: ExportLogsServiceRequest, state: Mapping[bytes, bytes | None] | None = None
     ) -> IngestResult:
+        """Map ``request`` and commit its events (and ``state``); returns after the synced commit.
+
+        Raises ShuttingDownError after :meth:`close_intake`, and what ``LmdbQueue.append`` raises
+        (QueueFullError, StorageError); then nothing of the request was stored.
+        """
         self._check_open()
         return await self._commit("logs", self._engine.map_logs(request, self._clock_ns()), state)
 
     async def ingest_metrics(
         self, request: ExportMetricsServiceRequest, state: Mapping[bytes, bytes | None] | None = None
     ) -> IngestResult:
+        """Like :meth:`ingest_logs`, for metric data points."""
         self._check_open()
         return await self._commit("metrics", self._engine.map_metrics(request, self._clock_ns()), state)
 

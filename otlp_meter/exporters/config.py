@@ -93,11 +93,18 @@ class Target:
     api: Literal["v1", "v3"] = "v1"
 
     def describe(self) -> str:
-        """A log-safe description (never the token)."""
+        """A log-safe description: never the token, nor a password written into the URL."""
         if self.kind == "file":
             return f"file {self.endpoint}"
         auth = "with bearer token" if self.token else "without token"
-        return f"OpenMeter {self.api} {self.endpoint} ({auth})"
+        return f"OpenMeter {self.api} {_without_userinfo(self.endpoint)} ({auth})"
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def resolve_target(config: ExporterConfig, data_directory: Path, env: Mapping[str, str]) -> Target:

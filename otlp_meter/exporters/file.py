@@ -12,6 +12,8 @@ from otlp_meter.exporters.sink import SendResult
 
 
 class FileSink:
+    """Appends each batch to ``path``, one event per line, fsynced before it counts as delivered."""
+
     name = "file"
 
     def __init__(self, path: Path) -> None:
@@ -25,6 +27,7 @@ class FileSink:
             os.fsync(f.fileno())
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
+        """Append and fsync on a worker thread; an OSError (disk full, permissions) means retry."""
         try:
             await asyncio.to_thread(self._append, payloads)
         except OSError as exc:  # disk full, permissions: keep the events and retry

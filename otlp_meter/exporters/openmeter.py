@@ -16,6 +16,13 @@ MAX_DETAIL = 2048
 
 
 class OpenMeterSink:
+    """POSTs each batch to the ingest endpoint and classifies the answer (never raises for it).
+
+    One pooled client, ``max_connections`` wide (one per batch in flight); no redirects followed, so
+    a misconfigured URL shows up as failures instead of silently posting elsewhere. ``transport``
+    is for tests (``httpx.MockTransport``).
+    """
+
     name = "openmeter"
 
     def __init__(
@@ -38,6 +45,7 @@ class OpenMeterSink:
         )
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
+        """One attempt: DELIVERED on 2xx, otherwise the verdict, Retry-After and the server's answer."""
         try:
             response = await self._client.post(self._url, content=encode_batch(payloads))
         except httpx.HTTPError as exc:  # network errors and timeouts: transient
@@ -53,4 +61,5 @@ class OpenMeterSink:
         )
 
     async def close(self) -> None:
+        """Close the connection pool."""
         await self._client.aclose()

@@ -7,7 +7,9 @@ no time limit unless one is configured.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable
@@ -58,13 +60,24 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone admits "²", which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive; an HTTP-date is always UTC, never local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _growth(multiplier: float, exponent: int) -> float:
+    """``multiplier ** exponent`` saturating at infinity: after an outage of days the attempt count is
+    in the thousands, and a float power that large raises OverflowError instead of capping."""
+    try:
+        return float(multiplier ** max(0, exponent))
+    except OverflowError:
+        return math.inf
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,8 @@ class Backoff:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Wait before attempt number ``attempt + 1`` (``attempt`` ≥ 1 failed attempts so far)."""
         c = self.config
-        base = min(c.max_backoff, c.initial_backoff * c.multiplier ** max(0, attempt - 1))
+        grown = c.initial_backoff * _growth(c.multiplier, attempt - 1) if c.initial_backoff > 0 else 0.0
+        base = min(c.max_backoff, grown)
         jittered = base * (1.0 + c.jitter * (2.0 * self.random() - 1.0))
         if retry_after is not None:
             return max(jittered, min(retry_after, c.max_backoff * 10))

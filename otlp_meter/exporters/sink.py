@@ -20,13 +20,17 @@ class SendResult:
 
 
 class Sink(Protocol):
-    name: str
+    """Where batches go. ``send`` reports every outcome as a :class:`SendResult`, never raises for it."""
+
+    name: str  # the ``exporter`` metric label
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
         """Deliver the events (each a JSON object) as one batch."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections/files; called once, after the last ``send``."""
+        ...
 
 
 def encode_batch(payloads: Sequence[bytes]) -> bytes:

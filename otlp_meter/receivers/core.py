@@ -44,6 +44,8 @@ def count_records(request: Message) -> int:
 
 
 class ReceiverCore:
+    """Shared by OTLP/gRPC and OTLP/HTTP: ingest, count, answer. Transports only decode and encode."""
+
     def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
         self._pipeline = pipeline
         self._metrics = metrics

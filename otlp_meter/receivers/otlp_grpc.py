@@ -53,6 +53,11 @@ def export_handler(core: ReceiverCore, signal: SignalName, request_type: type[Me
 
 
 class OtlpGrpcReceiver:
+    """The OTLP/gRPC server (``grpc.aio``, on the running loop) for the three OTLP services.
+
+    ``port`` is the port actually bound once :meth:`start` returned (useful with ``host:0``).
+    """
+
     def __init__(self, config: GrpcReceiverConfig, core: ReceiverCore) -> None:
         self._config = config
         self._core = core
@@ -60,6 +65,7 @@ class OtlpGrpcReceiver:
         self.port: int | None = None
 
     async def start(self) -> None:
+        """Bind and start serving; raises OSError when the endpoint cannot be bound (e.g. in use)."""
         size = self._config.max_recv_msg_size
         server = grpc.aio.server(
             options=[
@@ -77,7 +83,14 @@ class OtlpGrpcReceiver:
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
             )
-        port = server.add_insecure_port(self._config.endpoint)
+        # grpcio reports a failed bind as RuntimeError (older releases returned 0); either way the
+        # caller gets the OSError that "address in use" is everywhere else.
+        try:
+            port = server.add_insecure_port(self._config.endpoint)
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen for OTLP/gRPC on {self._config.endpoint} (address in use or invalid)"
+            ) from exc
         if port == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {self._config.endpoint} (address in use?)")
         self.port = port

@@ -6,6 +6,7 @@ encoding. Errors are ``google.rpc.Status`` bodies, status codes from ``receivers
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 
@@ -16,7 +17,16 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otlp_meter.errors import DecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
-from otlp_meter.http_server import AsgiApp, Receive, Scope, Send, header, read_body, respond
+from otlp_meter.http_server import (
+    AsgiApp,
+    ClientDisconnectedError,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+)
 from otlp_meter.receivers import otlp_json
 from otlp_meter.receivers.config import HttpReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore, SignalName, Transport, count_records
@@ -78,6 +88,7 @@ def _decode(
 
 
 def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
+    """The OTLP/HTTP receiver as an ASGI app (serve it with :class:`~otlp_meter.http_server.HttpServer`)."""
     limit = config.max_request_body_size
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,6 +117,8 @@ def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
             body = decompress(body, header(scope, b"content-encoding"), limit)
             request = _decode(body, mtype, request_type, json_decode)
             response = await core.export(signal, transport, request)
+        except ClientDisconnectedError:
+            return  # nothing was taken and nobody is listening
         except Exception as exc:
             records = count_records(request) if request is not None else 0
             await _refuse(send, core.refuse(signal, transport, exc, records), encoding_json)
@@ -124,7 +137,8 @@ async def _refuse(
     status = refusal.to_status()
     extra = list(headers or [])
     if refusal.retry_after is not None:
-        extra.append((b"retry-after", str(int(refusal.retry_after)).encode()))
+        # Whole seconds, rounded up: never invite the sender back before the RetryInfo delay.
+        extra.append((b"retry-after", str(math.ceil(refusal.retry_after)).encode()))
     if encoding_json:
         await respond(send, refusal.http_status, otlp_json.encode_status(status), JSON, extra)
     else:

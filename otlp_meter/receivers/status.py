@@ -39,9 +39,9 @@ class Refusal:
         """The ``google.rpc.Status`` body (with RetryInfo when retryable)."""
         status = status_pb2.Status(code=self.grpc_code.value[0], message=self.message)
         if self.retry_after is not None:
-            seconds = int(self.retry_after)
-            info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
-            status.details.add().Pack(info)
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(round(self.retry_after * 1e9))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         return status
 
 

@@ -20,9 +20,10 @@ import orjson
 from otlp_meter.errors import ConfigError
 from otlp_meter.events import EncodedEvent
 from otlp_meter.rules import ids
+from otlp_meter.rules.expressions import Expression, ExpressionError
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
 from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, getter_for, parse_path
-from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, format_time
+from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, format_time, show
 
 Predicate = Callable[[RecordView], bool]
 Convert = Callable[[Any], Any]
@@ -37,6 +38,7 @@ class Rejected(Exception):
 
 
 _OMIT: Any = object()  # an optional data field without a value
+_SKIP: Any = object()  # an optional type or subject without a value: the rule does not take the record
 
 _Field = tuple[str, Getter, "Convert | None", Getter]
 """(label for reasons, getter, conversion of a found value, what to do when there is none)."""
@@ -44,13 +46,15 @@ _Field = tuple[str, Getter, "Convert | None", Getter]
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """A rule ready to run. ``build`` raises :class:`Rejected`; nothing else raises."""
+    """A rule ready to run. Conditions and ``build`` raise :class:`Rejected` (an expression failed,
+    a value is missing or wrong); nothing else. ``build`` returns None when an ``optional`` type
+    or subject has no value: then the rule does not take the record after all."""
 
     name: str
     signal: RuleSignal
     continue_: bool
     conditions: tuple[Predicate, ...]
-    build: Callable[[RecordView], EncodedEvent]
+    build: Callable[[RecordView], EncodedEvent | None]
     metric_name: Callable[[str], bool] | None = None
     metric_type: str | None = None
     origin: str = ""
@@ -76,6 +80,31 @@ class _Compiler:
 
     def problem(self, loc: Sequence[str | int], message: str) -> None:
         self.problems.append((yaml_path(loc, self.where), message))
+
+    def expression(self, text: str, loc: tuple[str | int, ...]) -> Expression | None:
+        try:
+            return Expression(text, self.signal)
+        except ExpressionError as exc:
+            self.problem(loc, f"invalid expression: {exc}")
+            return None
+
+    def match_expression(self) -> Predicate | None:
+        text = self.rule.match.expr
+        expression = None if text is None else self.expression(text, ("match", "expr"))
+        if expression is None:
+            return None
+        evaluate = expression.evaluate
+
+        def holds(v: RecordView) -> bool:
+            try:
+                result = evaluate(v)
+            except ValueError as exc:
+                raise Rejected(f"match.expr: {exc}") from None
+            if result is True or result is False:
+                return result
+            raise Rejected(f"match.expr: must be true or false, got {show(result)}")
+
+        return holds
 
     def getter(self, paths: str | list[str], loc: tuple[str | int, ...]) -> Getter:
         texts = [paths] if isinstance(paths, str) else paths
@@ -130,14 +159,20 @@ class _Compiler:
             if convert is not None:
                 self.problem((*loc, "as"), "only applies to data fields")
             convert = COERCIONS[spec.as_]
-        if spec.path is None:
+        if spec.expr is not None:
+            expression = self.expression(spec.expr, (*loc, "expr"))
+            get = expression.evaluate if expression is not None else _none
+            missing = f"{label}: expression {spec.expr!r} is null"
+        elif spec.path is None:
             try:
                 const = spec.value if convert is None else convert(spec.value)
             except ValueError as exc:
                 self.problem(loc, str(exc))
                 const = None
-            return label, lambda v: const, None, lambda v: None
-        get = self.getter(spec.path, (*loc, "path"))
+            return label, lambda v: const, None, _none
+        else:
+            get = self.getter(spec.path, (*loc, "path"))
+            missing = f"{label}: no value at {' | '.join(spec.paths)}"
         if spec.has_default:
             default = spec.default
             if convert is not None:
@@ -149,12 +184,11 @@ class _Compiler:
         if spec.optional:
             if fallback is not None:
                 return label, get, convert, fallback
-            if loc[1] != "data":
-                self.problem((*loc, "optional"), f"{label} is required; it cannot be optional")
-            return label, get, convert, lambda v: _OMIT
-        return label, get, convert, _reject(f"{label}: no value at {' | '.join(spec.paths)}")
+            omit = loc[1] in ("data", "data_from")
+            return label, get, convert, (lambda v: _OMIT) if omit else (lambda v: _SKIP)
+        return label, get, convert, _reject(missing)
 
-    def build(self) -> Callable[[RecordView], EncodedEvent]:
+    def build(self) -> Callable[[RecordView], EncodedEvent | None]:
         event, name = self.rule.event, self.rule.name
         logs = self.signal == "logs"
 
@@ -191,13 +225,14 @@ class _Compiler:
             else self.field(event.time, (*loc, "time"), event_time, default_time),
         )
         body = tuple((key, *self.field(spec, (*loc, "data", key), None)) for key, spec in event.data.items())
+        base = None if event.data_from is None else self.field(event.data_from, (*loc, "data_from"), _as_map)
         id_label, id_get, id_convert, id_missing = (
             builtin("id", default_id)
             if event.id is None
             else self.field(event.id, (*loc, "id"), event_string, default_id)
         )
 
-        def build(v: RecordView) -> EncodedEvent:
+        def build(v: RecordView) -> EncodedEvent | None:
             label = ""
             try:
                 head_values = []
@@ -205,10 +240,18 @@ class _Compiler:
                     value = get(v)
                     if value is None:
                         value = on_missing(v)
+                        if value is _SKIP:
+                            return None
                     elif convert is not None:
                         value = convert(value)
                     head_values.append(value)
                 data: dict[str, Any] = {}
+                if base is not None:
+                    label, get, convert, on_missing = base
+                    value = get(v)
+                    value = on_missing(v) if value is None else convert(value)  # type: ignore[misc]
+                    if value is not _OMIT:
+                        data.update(value)
                 for key, label, get, convert, on_missing in body:  # noqa: B007 - read by the except
                     value = get(v)
                     if value is None:
@@ -245,6 +288,16 @@ class _Compiler:
         return build
 
 
+def _as_map(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a map, got {show(value)}")
+    return value
+
+
+def _none(v: RecordView) -> None:
+    return None
+
+
 def _reject(reason: str) -> Getter:
     def reject(v: RecordView) -> Any:
         raise Rejected(reason)
@@ -259,6 +312,9 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
     conditions = tuple(
         compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)
     )
+    expression = compiler.match_expression()  # after the paths: they are the cheap filter
+    if expression is not None:
+        conditions += (expression,)
     build = compiler.build()
     if compiler.problems:
         raise ConfigError(compiler.problems, source=source)

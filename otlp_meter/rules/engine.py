@@ -3,9 +3,13 @@
 Each log record, and each data point of a metric, is one *record*. Rules are tried in order; the
 first whose conditions hold makes the record's event and, unless it says ``continue: true``, ends
 the search. A record no rule matches is counted and dropped (it is not usage). A matched record
-that cannot become an event (a required value missing, a conversion failing) is a
-:class:`~otlp_meter.events.Rejection` holding the record as a single-record export request, so
+that cannot become an event (a required value missing, a conversion or an expression failing) is
+a :class:`~otlp_meter.events.Rejection` holding the record as a single-record export request, so
 it can go to the dead-letter store and be replayed.
+
+Points of cumulative monotonic sums and cumulative histograms become deltas before any rule sees
+them (:mod:`otlp_meter.rules.delta`), using the :class:`StreamStates` the caller passes; only
+metrics some rule could match are converted.
 """
 
 from __future__ import annotations
@@ -17,22 +21,31 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
-from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics, ScopeMetrics
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, ResourceMetrics, ScopeMetrics
 
 from otlp_meter.events import EncodedEvent, Rejection, Signal
+from otlp_meter.rules import delta, ids
 from otlp_meter.rules.compile import CompiledRule, Rejected
+from otlp_meter.rules.delta import InitialValue, Load, StreamStates
 from otlp_meter.rules.loader import load_rules
 from otlp_meter.rules.model import RulesConfig
-from otlp_meter.rules.paths import DataPoint, RecordView, ResourceState, ScopeState
+from otlp_meter.rules.views import RecordView, ResourceState, ScopeState
 from otlp_meter.telemetry.logging import get_logger
 
 _log = get_logger("rules")
 _METRIC_CACHE_LIMIT = 4096
+_CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+_DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
 
 @dataclass(frozen=True, slots=True)
 class MappingResult:
-    """What one export request became."""
+    """What one export request became.
+
+    Every record is exactly one of: matched by a rule (``matched``, per rule), ``unmatched``, or
+    a cumulative point that made no event (``cumulative`` counts ``first_dropped``, ``duplicate``,
+    ``unchanged`` and ``no_value`` points).
+    """
 
     events: list[EncodedEvent]
     """Encoded CloudEvents, in record order (rules in rule order within a record)."""
@@ -46,6 +59,14 @@ class MappingResult:
     """Records matched per rule name (rules that matched nothing are absent)."""
     rejected_records: int = 0
     """Records with at least one rejection (what OTLP ``partial_success`` counts)."""
+    cumulative: dict[str, int] = field(default_factory=dict)
+    """Cumulative points by what the delta conversion did (``delta.Outcome``); absent when none."""
+    state_updates: dict[bytes, bytes | None] = field(default_factory=dict)
+    """Stream state to commit in the same transaction as ``events`` (keys start ``delta/``)."""
+    state_token: int | None = None
+    """For ``StreamStates.rollback`` when that commit fails; None when no states were used."""
+    unmatched_records: list[bytes] | None = None
+    """With ``keep_unmatched``: each unmatched record as a single-record export request."""
 
 
 @dataclass(slots=True)
@@ -54,26 +75,45 @@ class _Tally:
     events: list[EncodedEvent] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     matched: dict[str, int] = field(default_factory=dict)
+    cumulative: dict[str, int] = field(default_factory=dict)
     records: int = 0
     unmatched: int = 0
     rejected_records: int = 0
+    unmatched_records: list[bytes] | None = None
 
-    def result(self) -> MappingResult:
+    def result(self, change: delta.StateChange | None = None) -> MappingResult:
         return MappingResult(
-            self.events, self.rejected, self.records, self.unmatched, self.matched, self.rejected_records
+            self.events,
+            self.rejected,
+            self.records,
+            self.unmatched,
+            self.matched,
+            self.rejected_records,
+            self.cumulative,
+            change.updates if change is not None else {},
+            change.token if change is not None else None,
+            self.unmatched_records,
         )
 
 
 class RulesEngine:
     """Applies compiled rules, in order, to OTLP logs and metrics export requests."""
 
-    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+    def __init__(
+        self,
+        rules: Sequence[CompiledRule],
+        *,
+        initial_value: InitialValue = "auto",
+        max_streams: int = 100_000,
+    ) -> None:
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
         self.rules = tuple(rules)
         self.rule_names: list[str] = names
+        self.initial_value: InitialValue = initial_value
+        self.max_streams = max_streams
         self._log_rules = tuple(rule for rule in rules if rule.signal == "logs")
         self._metric_rules = tuple(rule for rule in rules if rule.signal == "metrics")
         self._metric_rules_by_kind: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
@@ -84,11 +124,24 @@ class RulesEngine:
 
         ``config_key`` is where ``config`` sits in the main config, for problem paths.
         """
-        return cls(load_rules(config, config_key=config_key))
+        return cls(
+            load_rules(config, config_key=config_key),
+            initial_value=config.cumulative.initial_value,
+            max_streams=config.cumulative.max_streams,
+        )
 
-    def map_logs(self, request: ExportLogsServiceRequest, received_at_ns: int) -> MappingResult:
-        """Map every log record of ``request``; ``received_at_ns`` is the fallback event time."""
-        tally = _Tally("logs")
+    def stream_states(self, load: Load | None, started_ns: int) -> StreamStates:
+        """Stream states for :meth:`map_metrics`, sized by the config; ``load`` reads committed state."""
+        return StreamStates(load, started_ns=started_ns, max_streams=self.max_streams)
+
+    def map_logs(
+        self, request: ExportLogsServiceRequest, received_at_ns: int, *, keep_unmatched: bool = False
+    ) -> MappingResult:
+        """Map every log record of ``request``; ``received_at_ns`` is the fallback event time.
+
+        ``keep_unmatched`` also returns the unmatched records (the dry run shows them).
+        """
+        tally = _Tally("logs", unmatched_records=[] if keep_unmatched else None)
         rules = self._log_rules
         for resource_logs in request.resource_logs:
             res = ResourceState(resource_logs)
@@ -101,9 +154,36 @@ class RulesEngine:
                     _apply(rules, view, tally, _log_original)
         return tally.result()
 
-    def map_metrics(self, request: ExportMetricsServiceRequest, received_at_ns: int) -> MappingResult:
-        """Map every data point of ``request``; ``received_at_ns`` is the fallback event time."""
-        tally = _Tally("metrics")
+    def map_metrics(
+        self,
+        request: ExportMetricsServiceRequest,
+        received_at_ns: int,
+        states: StreamStates | None = None,
+        *,
+        keep_unmatched: bool = False,
+    ) -> MappingResult:
+        """Map every data point of ``request``; ``received_at_ns`` is the fallback event time.
+
+        Cumulative points are converted with ``states``: the result's ``state_updates`` must be
+        committed with its events, or ``states.rollback(result.state_token)`` called when that
+        fails. Calls sharing ``states`` must not overlap. Without ``states`` a fresh in-memory set
+        is used, so every cumulative point is the first of its stream (the dry run does this).
+        """
+        tally = _Tally("metrics", unmatched_records=[] if keep_unmatched else None)
+        if states is None:
+            states = StreamStates(None, started_ns=received_at_ns, max_streams=self.max_streams)
+        states.begin()
+        try:
+            self._map_metrics(request, received_at_ns, states, tally)
+        except BaseException:
+            states.rollback(states.finish().token)
+            raise
+        return tally.result(states.finish())
+
+    def _map_metrics(
+        self, request: ExportMetricsServiceRequest, received_at_ns: int, states: StreamStates, tally: _Tally
+    ) -> None:
+        initial_value = self.initial_value
         for resource_metrics in request.resource_metrics:
             res = ResourceState(resource_metrics)
             for scope_metrics in resource_metrics.scope_metrics:
@@ -112,24 +192,39 @@ class RulesEngine:
                     metric_type = metric.WhichOneof("data")
                     if metric_type is None:
                         continue
+                    data: Any = getattr(metric, metric_type)
+                    points = data.data_points
                     rules = self._rules_for_metric(metric.name, metric_type)
-                    for point in self._points(metric, metric_type):
+                    metric_key = ids.metric_key(metric.name, metric_type)
+                    if not rules:
+                        tally.records += len(points)
+                        tally.unmatched += len(points)
+                        if tally.unmatched_records is not None:
+                            for point in points:
+                                view = RecordView(res, scope, point.attributes, received_at_ns)
+                                view.metric, view.metric_type, view.point = metric, metric_type, point
+                                tally.unmatched_records.append(_metric_original(view))
+                        continue
+                    hasher = None
+                    if _is_cumulative(metric_type, data):
+                        hasher = delta.metric_hasher(scope, metric, metric_type)
+                    for point in points:
                         tally.records += 1
-                        if not rules:
-                            tally.unmatched += 1
-                            continue
                         view = RecordView(res, scope, point.attributes, received_at_ns)
                         view.metric = metric
                         view.metric_type = metric_type
-                        view.point = point
+                        view.metric_key = metric_key
+                        if hasher is None:
+                            view.point = point
+                        else:
+                            key = delta.stream_key(hasher, point.attributes)
+                            converted, outcome = delta.to_delta(states, key, point, initial_value)
+                            tally.cumulative[outcome] = tally.cumulative.get(outcome, 0) + 1
+                            if converted is None:
+                                continue
+                            view.point = converted
+                            view.converted = True
                         _apply(rules, view, tally, _metric_original)
-        return tally.result()
-
-    def _points(self, metric: Metric, metric_type: str) -> Sequence[DataPoint]:
-        # The seam for cumulative-to-delta conversion: it will replace, per series, each point
-        # by its increase since the previous one (or drop the first), before any rule sees it.
-        points: Sequence[DataPoint] = getattr(metric, metric_type).data_points
-        return points
 
     def _rules_for_metric(self, name: str, metric_type: str) -> tuple[CompiledRule, ...]:
         key = (name, metric_type)
@@ -142,6 +237,19 @@ class RulesEngine:
         return rules
 
 
+def _is_cumulative(metric_type: str, data: Any) -> bool:
+    """Cumulative monotonic sums and cumulative (exponential) histograms: what needs deltas.
+
+    Non-monotonic cumulative sums are levels (an up-down counter), not usage increases: their
+    points pass through as they are, like gauges.
+    """
+    if metric_type == "sum":
+        return bool(data.aggregation_temporality == _CUMULATIVE and data.is_monotonic)
+    if metric_type in ("histogram", "exponential_histogram"):
+        return bool(data.aggregation_temporality == _CUMULATIVE)
+    return False
+
+
 def _apply(
     rules: Sequence[CompiledRule],
     view: RecordView,
@@ -151,24 +259,34 @@ def _apply(
     hit = False
     rejections_before = len(tally.rejected)
     for rule in rules:
-        for condition in rule.conditions:
-            if not condition(view):
-                break
-        else:
+        try:
+            for condition in rule.conditions:
+                if not condition(view):
+                    break
+            else:
+                event = rule.build(view)
+                if event is None:  # an optional type or subject without a value
+                    continue
+                hit = True
+                tally.matched[rule.name] = tally.matched.get(rule.name, 0) + 1
+                tally.events.append(event)
+                if not rule.continue_:
+                    break
+        except Exception as exc:
             hit = True
             tally.matched[rule.name] = tally.matched.get(rule.name, 0) + 1
-            try:
-                tally.events.append(rule.build(view))
-            except Rejected as exc:
-                tally.rejected.append(Rejection(tally.signal, rule.name, exc.reason, original(view)))
-            except Exception as exc:  # a bug here must not turn one record into a failed request
+            if isinstance(exc, Rejected):
+                reason = exc.reason
+            else:  # a bug here must not turn one record into a failed request
                 _log.exception("rule_internal_error", rule=rule.name, consequence="the record is rejected")
                 reason = f"internal error: {type(exc).__name__}: {exc}"
-                tally.rejected.append(Rejection(tally.signal, rule.name, reason, original(view)))
+            tally.rejected.append(Rejection(tally.signal, rule.name, reason, original(view)))
             if not rule.continue_:
                 break
     if not hit:
         tally.unmatched += 1
+        if tally.unmatched_records is not None:
+            tally.unmatched_records.append(original(view))
     elif len(tally.rejected) > rejections_before:
         tally.rejected_records += 1
 
@@ -205,7 +323,8 @@ def _metric_original(view: RecordView) -> bytes:
     data: Any = getattr(metric, view.metric_type)
     source_data: Any = getattr(source, view.metric_type)
     if view.metric_type in ("sum", "histogram", "exponential_histogram"):
-        data.aggregation_temporality = source_data.aggregation_temporality
+        # A converted point is the increase: replaying it must not convert it again.
+        data.aggregation_temporality = _DELTA if view.converted else source_data.aggregation_temporality
     if view.metric_type == "sum":
         data.is_monotonic = source_data.is_monotonic
     data.data_points.add().CopyFrom(view.point)

@@ -70,17 +70,16 @@ def log_record_hasher(parent: hashlib.blake2b, record: LogRecord) -> hashlib.bla
     return hasher
 
 
-def point_hasher(
-    parent: hashlib.blake2b, metric_name: str, metric_type: str, point: Message
-) -> hashlib.blake2b:
-    """A copy of a scope hasher extended with one metric data point and what names its series."""
+def metric_key(metric_name: str, metric_type: str) -> bytes:
+    """What :func:`point_hasher` feeds for a metric before its point; compute it once per metric."""
+    return _METRICS + _frame(metric_name.encode()) + _frame(metric_type.encode())
+
+
+def point_hasher(parent: hashlib.blake2b, metric_key: bytes, point: Message) -> hashlib.blake2b:
+    """A copy of a scope hasher extended with one metric data point and what names its series
+    (``metric_key(name, type)``)."""
     hasher = parent.copy()
-    hasher.update(
-        _METRICS
-        + _frame(metric_name.encode())
-        + _frame(metric_type.encode())
-        + _frame(point.SerializeToString(deterministic=True))
-    )
+    hasher.update(metric_key + _frame(point.SerializeToString(deterministic=True)))
     return hasher
 
 

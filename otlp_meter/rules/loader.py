@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from otlp_meter.errors import ConfigError
 from otlp_meter.rules.compile import CompiledRule, compile_rule
-from otlp_meter.rules.model import RuleFile, RuleModel, RulesConfig, validation_problems
+from otlp_meter.rules.model import FieldSpec, RuleFile, RuleModel, RulesConfig, validation_problems
 
 PACKS_DIR = Path(__file__).resolve().parent.parent / "packs"
 """Where the shipped rule packs live (``otlp_meter/packs`` → the repository's ``rules/``)."""
@@ -71,6 +71,34 @@ def read_rule_file(path: Path) -> list[RuleModel]:
         raise ConfigError(validation_problems(exc), source) from None
 
 
+def _with_subject(rules: list[RuleModel], subject: FieldSpec | None) -> list[RuleModel]:
+    """The pack's rules with ``subject`` (from ``rules.subjects``) instead of their own."""
+    if subject is None:
+        return rules
+    return [
+        rule.model_copy(update={"event": rule.event.model_copy(update={"subject": subject})})
+        for rule in rules
+    ]
+
+
+def _check_subjects(config: RulesConfig, config_key: str) -> None:
+    """Compile each subject override for its pack's signals; problems name ``rules.subjects.<pack>``."""
+    problems: list[tuple[str, str]] = []
+    for name, subject in config.subjects.items():
+        signals = sorted({rule.match.signal for rule in read_rule_file(pack_path(name))})
+        for signal in signals:
+            probe = RuleModel.model_validate(
+                {"name": "probe", "match": {"signal": signal}, "event": {"type": "t", "subject": subject}}
+            )
+            try:
+                compile_rule(probe)
+            except ConfigError as exc:
+                where = f"{config_key}.subjects.{name}"
+                problems += [(where + path.removeprefix("event.subject"), msg) for path, msg in exc.problems]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+
+
 def load_rules(config: RulesConfig, *, config_key: str = "rules") -> list[CompiledRule]:
     """Compile ``config``'s rules in evaluation order: inline, then files, then packs.
 
@@ -83,11 +111,24 @@ def load_rules(config: RulesConfig, *, config_key: str = "rules") -> list[Compil
         for i, name in enumerate(config.packs)
         if name not in known
     ]
+    unknown += [
+        (f"{config_key}.subjects.{name}", f"'{name}' is not in {config_key}.packs")
+        for name in config.subjects
+        if name not in config.packs
+    ]
     if unknown:
         raise ConfigError(unknown)
+    _check_subjects(config, config_key)
     groups: list[tuple[Sequence[RuleModel], str, str]] = [(config.inline, "", f"{config_key}.inline")]
     groups += [(read_rule_file(path), str(path), "rules") for path in config.files]
-    groups += [(read_rule_file(pack_path(name)), str(pack_path(name)), "rules") for name in config.packs]
+    groups += [
+        (
+            _with_subject(read_rule_file(pack_path(name)), config.subjects.get(name)),
+            str(pack_path(name)),
+            "rules",
+        )
+        for name in config.packs
+    ]
 
     compiled: list[CompiledRule] = []
     first_seen: dict[str, str] = {}

@@ -60,11 +60,12 @@ PathRef = Annotated[str | list[str], BeforeValidator(_check_path_ref)]
 
 
 class FieldSpec(Section):
-    """How one event field gets its value: from a path (with fallbacks) or a literal."""
+    """How one event field gets its value: from a path (with fallbacks), an expression or a literal."""
 
     model_config = _RULE_CONFIG
 
     path: PathRef | None = Field(None, description="Path, or list of paths tried in order.")
+    expr: str | None = Field(None, description="A CEL expression; null means no value.")
     value: Annotated[Any, BeforeValidator(_check_json)] = Field(None, description="A literal value.")
     default: Annotated[Any, BeforeValidator(_check_json)] = Field(
         None, description="Used when no path has a value."
@@ -72,16 +73,19 @@ class FieldSpec(Section):
     as_: Coercion | None = Field(None, alias="as", description="Convert the value to this type.")
     optional: bool = Field(
         False,
-        description="No value is fine: data keys are left out, source/time/id use their built-in default.",
+        description="No value is fine: data keys are left out, source/time/id use their built-in "
+        "default, and a rule whose type or subject has no value does not match the record.",
     )
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
         given = self.model_fields_set
-        if ("path" in given) == ("value" in given):
-            raise ValueError("needs exactly one of 'path' or 'value'")
+        if len(given & {"path", "value", "expr"}) != 1:
+            raise ValueError("needs exactly one of 'path', 'expr' or 'value'")
         if "value" in given and given & {"default", "optional"}:
-            raise ValueError("'default' and 'optional' only apply with 'path'")
+            raise ValueError("'default' and 'optional' only apply with 'path' or 'expr'")
+        if "expr" in given and not (self.expr or "").strip():
+            raise ValueError("'expr' must not be empty")
         return self
 
     @property
@@ -102,10 +106,10 @@ def _field_from_yaml(value: Any) -> Any:
     if isinstance(value, dict | FieldSpec):
         return value
     if value is None:
-        raise ValueError("needs a value: a literal, or a mapping with 'path' or 'value'")
+        raise ValueError("needs a value: a literal, or a mapping with 'path', 'expr' or 'value'")
     if isinstance(value, list):
         raise ValueError("a list is not a field; write {path: [...]} for fallbacks or {value: [...]}")
-    raise ValueError(f"must be a literal or a mapping with 'path' or 'value', got {value!r}")
+    raise ValueError(f"must be a literal or a mapping with 'path', 'expr' or 'value', got {value!r}")
 
 
 FieldValue = Annotated[FieldSpec, BeforeValidator(_field_from_yaml)]
@@ -161,6 +165,16 @@ class MatchModel(Section):
     metric: str | None = Field(None, description="Metrics only: metric name, exact or an fnmatch glob.")
     metric_type: MetricType | None = Field(None, description="Metrics only: the metric's data type.")
     where: list[Condition] = Field(default_factory=list, description="Conditions that must all hold.")
+    expr: str | None = Field(
+        None, description="A CEL expression that must be true too; evaluated after 'where'."
+    )
+
+    @field_validator("expr")
+    @classmethod
+    def _expr_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
 
 
 class EventModel(Section):
@@ -175,6 +189,9 @@ class EventModel(Section):
     )
     time: FieldValue | None = Field(None, description="Event time; default the record's own time.")
     id: FieldValue | None = Field(None, description="Event id; default a deterministic hash of the record.")
+    data_from: FieldValue | None = Field(
+        None, description="A map (path or expression) the data object starts from; 'data' keys go on top."
+    )
     data: dict[str, FieldValue] = Field(default_factory=dict, description="The event's data object.")
 
 
@@ -205,11 +222,28 @@ class RuleFile(Section):
     rules: list[RuleModel] = Field(description="The rules, evaluated in order.")
 
 
+SHIPPED_PACKS = ("genai", "http", "kubernetes", "prometheus", "runai", "s3")
+"""Every pack under ``rules/``; all load by default because each matches only its own inputs."""
+
+
+class CumulativeConfig(Section):
+    """How cumulative sums and histograms become deltas (see docs/rules.md, "Metric semantics")."""
+
+    initial_value: Literal["auto", "keep", "drop"] = Field(
+        "auto",
+        description="The first point of a stream: 'keep' bills its whole value, 'drop' only remembers "
+        "it, 'auto' keeps it when the stream started after the collector first started, else drops it.",
+    )
+    max_streams: int = Field(
+        100_000, ge=1, description="Streams kept in memory; others are read back from the queue's state."
+    )
+
+
 class RulesConfig(Section):
     """The ``rules:`` section of the main config: which rules run, in which order."""
 
     packs: list[str] = Field(
-        default_factory=lambda: ["genai", "http"],
+        default_factory=lambda: list(SHIPPED_PACKS),
         description="Shipped rule packs to load, by name; they run after files and inline rules.",
     )
     files: list[Path] = Field(
@@ -218,6 +252,13 @@ class RulesConfig(Section):
     inline: list[RuleModel] = Field(
         default_factory=list, description="Rules written in the main config; they run first."
     )
+    subjects: dict[str, FieldValue] = Field(
+        default_factory=dict,
+        description="Per pack name: the subject every rule of that pack uses instead of its own.",
+    )
+    cumulative: CumulativeConfig = Field(
+        default_factory=CumulativeConfig, description="Cumulative-to-delta conversion of metrics."
+    )
 
 
 # --- problems as YAML paths ----------------------------------------------------------------------
@@ -225,7 +266,16 @@ class RulesConfig(Section):
 _KNOWN_KEYS = sorted(
     {
         field.alias or name
-        for model in (FieldSpec, Condition, MatchModel, EventModel, RuleModel, RuleFile, RulesConfig)
+        for model in (
+            FieldSpec,
+            Condition,
+            MatchModel,
+            EventModel,
+            RuleModel,
+            RuleFile,
+            RulesConfig,
+            CumulativeConfig,
+        )
         for name, field in model.model_fields.items()
     }
 )

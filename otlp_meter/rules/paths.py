@@ -16,166 +16,45 @@ scope: once per resource and scope), the first time a getter needs them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    ExponentialHistogramDataPoint,
-    HistogramDataPoint,
-    Metric,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-    SummaryDataPoint,
-)
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint, SummaryDataPoint
 
-from otlp_meter.rules import ids
-from otlp_meter.rules.values import event_source
+from otlp_meter.rules.views import (
+    DEFAULT_SOURCE,
+    AttrMap,
+    DataPoint,
+    RecordView,
+    ResourceState,
+    ScopeState,
+    any_value,
+    index,
+    lookup,
+    whole_map,
+)
 
 RuleSignal = Literal["logs", "metrics"]
-DataPoint = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint | SummaryDataPoint
-AttrMap = dict[str, Any]  # key → KeyValue, or its converted value once read
-Getter = Callable[["RecordView"], Any]
+Getter = Callable[[RecordView], Any]
 
-DEFAULT_SOURCE = "otlp-meter"
-
-
-def any_value(value: AnyValue) -> Any:
-    """Convert an OTLP AnyValue to plain Python; an empty AnyValue is ``None``."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    if kind == "array_value":
-        return [any_value(item) for item in value.array_value.values]
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")
-    # None, or string_value_strindex (profiles' string table; meaningless without it)
-    return None
-
-
-def _index(kvs: Sequence[KeyValue]) -> AttrMap:
-    # KeyValue, not its value: touching .value costs a wrapper per attribute, most are never read.
-    return {kv.key: kv for kv in kvs}
-
-
-class ResourceState:
-    """One ``ResourceLogs``/``ResourceMetrics``: its attribute index, id hasher and default source."""
-
-    __slots__ = ("_hasher", "_source", "attrs", "container", "resource")
-
-    def __init__(self, container: ResourceLogs | ResourceMetrics) -> None:
-        self.container = container
-        self.resource: Resource = container.resource
-        self.attrs: AttrMap | None = None
-        self._hasher: hashlib.blake2b | None = None
-        self._source: str | None = None
-
-    def attr_map(self) -> AttrMap:
-        if self.attrs is None:
-            self.attrs = _index(self.resource.attributes)
-        return self.attrs
-
-    def hasher(self) -> hashlib.blake2b:
-        if self._hasher is None:
-            self._hasher = ids.resource_hasher(self.resource)
-        return self._hasher
-
-    def default_source(self) -> str:
-        """``service.name`` of the resource if it is a usable source, else ``otlp-meter``."""
-        if self._source is None:
-            try:
-                self._source = event_source(_lookup(self.attr_map(), ("service.name",)))
-            except ValueError:
-                self._source = DEFAULT_SOURCE
-        return self._source
-
-
-class ScopeState:
-    """One ``ScopeLogs``/``ScopeMetrics`` under a :class:`ResourceState`."""
-
-    __slots__ = ("_hasher", "attrs", "container", "res", "scope")
-
-    def __init__(self, res: ResourceState, container: ScopeLogs | ScopeMetrics) -> None:
-        self.res = res
-        self.container = container
-        self.scope: InstrumentationScope = container.scope
-        self.attrs: AttrMap | None = None
-        self._hasher: hashlib.blake2b | None = None
-
-    def attr_map(self) -> AttrMap:
-        if self.attrs is None:
-            self.attrs = _index(self.scope.attributes)
-        return self.attrs
-
-    def hasher(self) -> hashlib.blake2b:
-        if self._hasher is None:
-            self._hasher = ids.scope_hasher(self.res.hasher(), self.scope)
-        return self._hasher
-
-
-class RecordView:
-    """One record as rules see it: a log record, or one metric data point.
-
-    The engine sets ``record`` (logs) or ``metric``/``metric_type``/``point`` (metrics) after
-    construction; compiled paths only read the fields of their rule's signal.
-    """
-
-    __slots__ = (
-        "_hasher",
-        "attrs",
-        "body",
-        "kvs",
-        "metric",
-        "metric_type",
-        "point",
-        "received_ns",
-        "record",
-        "res",
-        "scope",
-        "time_text",
-    )
-    record: LogRecord
-    metric: Metric
-    metric_type: str
-    point: DataPoint
-
-    def __init__(
-        self, res: ResourceState, scope: ScopeState, kvs: Sequence[KeyValue], received_ns: int
-    ) -> None:
-        self.res = res
-        self.scope = scope
-        self.kvs = kvs  # the record's (log record's or data point's) attributes
-        self.received_ns = received_ns
-        self.attrs: AttrMap | None = None
-        self.body: AttrMap | None = None
-        self._hasher: hashlib.blake2b | None = None
-        self.time_text: str | None = None  # the record's own time, formatted once for every rule
-
-    def log_hasher(self) -> hashlib.blake2b:
-        if self._hasher is None:
-            self._hasher = ids.log_record_hasher(self.scope.hasher(), self.record)
-        return self._hasher
-
-    def point_hasher(self) -> hashlib.blake2b:
-        if self._hasher is None:
-            self._hasher = ids.point_hasher(
-                self.scope.hasher(), self.metric.name, self.metric_type, self.point
-            )
-        return self._hasher
+__all__ = [
+    "DEFAULT_SOURCE",
+    "PATH_FORMS",
+    "DataPoint",
+    "Getter",
+    "PathError",
+    "PathSpec",
+    "RecordView",
+    "ResourceState",
+    "RuleSignal",
+    "ScopeState",
+    "any_value",
+    "compile_path",
+    "getter_for",
+    "parse_path",
+]
 
 
 # --- getters -------------------------------------------------------------------------------------
@@ -184,20 +63,10 @@ class RecordView:
 # AnyValue converts to None, which reads the same as a missing key.
 
 
-def _lookup(d: AttrMap, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        x = d.get(key)
-        if x.__class__ is KeyValue:
-            x = d[key] = any_value(x.value)
-        if x is not None:
-            return x
-    return None
-
-
 def _record_attrs(v: RecordView) -> AttrMap:
     d = v.attrs
     if d is None:
-        d = v.attrs = _index(v.kvs)
+        d = v.attrs = index(v.kvs)
     return d
 
 
@@ -216,7 +85,7 @@ def _body_keys(v: RecordView) -> AttrMap:
     if d is None:
         body = v.record.body
         kvs = body.kvlist_value.values if body.WhichOneof("value") == "kvlist_value" else ()
-        d = v.body = _index(kvs)
+        d = v.body = index(kvs)
     return d
 
 
@@ -226,8 +95,8 @@ def _record_attr(keys: tuple[str, ...]) -> Getter:
         def get_first(v: RecordView) -> Any:
             d = v.attrs
             if d is None:
-                d = v.attrs = _index(v.kvs)
-            return _lookup(d, keys)
+                d = v.attrs = index(v.kvs)
+            return lookup(d, keys)
 
         return get_first
     key, kv_type = keys[0], KeyValue
@@ -235,7 +104,7 @@ def _record_attr(keys: tuple[str, ...]) -> Getter:
     def get(v: RecordView) -> Any:  # the hot path, inlined: one index, one key
         d = v.attrs
         if d is None:
-            d = v.attrs = _index(v.kvs)
+            d = v.attrs = index(v.kvs)
         x = d.get(key)
         if x.__class__ is kv_type:
             x = d[key] = any_value(x.value)
@@ -246,7 +115,7 @@ def _record_attr(keys: tuple[str, ...]) -> Getter:
 
 def _keyed(index: Callable[[RecordView], AttrMap]) -> Callable[[tuple[str, ...]], Getter]:
     def factory(keys: tuple[str, ...]) -> Getter:
-        return lambda v: _lookup(index(v), keys)
+        return lambda v: lookup(index(v), keys)
 
     return factory
 
@@ -282,9 +151,26 @@ def _point_count(v: RecordView) -> Any:
     return None if isinstance(p, NumberDataPoint) else p.count
 
 
+def _point_bound(field: str) -> Getter:
+    def get(v: RecordView) -> Any:
+        p = v.point
+        if isinstance(p, NumberDataPoint | SummaryDataPoint) or not p.HasField(field):
+            return None
+        return getattr(p, field)
+
+    return get
+
+
+def _whole(attr_index: Callable[[RecordView], AttrMap]) -> Getter:
+    return lambda v: whole_map(attr_index(v)) or None
+
+
 _COMMON: dict[str, Getter] = {
     "scope.name": lambda v: v.scope.scope.name or None,
     "scope.version": lambda v: v.scope.scope.version or None,
+    "resource.attributes": _whole(_resource_attrs),
+    "scope.attributes": _whole(_scope_attrs),
+    "attributes": _whole(_record_attrs),
 }
 _FIXED: dict[RuleSignal, dict[str, Getter]] = {
     "logs": {
@@ -294,6 +180,7 @@ _FIXED: dict[RuleSignal, dict[str, Getter]] = {
         "record.time": lambda v: v.record.time_unix_nano or None,
         "record.observed_time": lambda v: v.record.observed_time_unix_nano or None,
         "record.event_name": lambda v: v.record.event_name or None,
+        "record.attributes": _whole(_record_attrs),
     },
     "metrics": {
         "metric.name": lambda v: v.metric.name or None,
@@ -302,8 +189,11 @@ _FIXED: dict[RuleSignal, dict[str, Getter]] = {
         "point.value": _point_value,
         "point.sum": _point_sum,
         "point.count": _point_count,
+        "point.min": _point_bound("min"),
+        "point.max": _point_bound("max"),
         "point.start_time": lambda v: v.point.start_time_unix_nano or None,
         "point.time": lambda v: v.point.time_unix_nano or None,
+        "point.attributes": _whole(_record_attrs),
     },
 }
 # (prefix, source name, signals it is valid for, getter factory for one or more keys of the source)

@@ -43,6 +43,7 @@ class EventLogger:
 
 
 def get_logger(component: str) -> EventLogger:
+    """The logger of one component (``otlp_meter.<component>``)."""
     return EventLogger(f"{_ROOT}.{component}")
 
 
@@ -52,26 +53,64 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
+_RESERVED = ("ts", "level", "event", "logger", "exception")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``event``, ``logger``, then the fields.
+
+    A field named like one of those keys is written as ``field.<name>`` rather than replacing it.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": _timestamp(record),
-            "level": record.levelname.lower().replace("warning", "warn"),
+            "level": _level(record),
             "event": record.getMessage(),
             "logger": record.name,
         }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
+        for key, value in _fields(record).items():
+            entry[f"field.{key}" if key in _RESERVED else str(key)] = value
+        if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # e.g. an int beyond 64 bits: a log line is never lost to its encoding
+            return orjson.dumps({key: _plain(value) for key, value in entry.items()}, default=str).decode()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if orjson can write it, else its text."""
+    try:
+        orjson.dumps(value, default=str)
+    except TypeError:
+        return str(value)
+    return value
+
+
+def _level(record: logging.LogRecord) -> str:
+    return record.levelname.lower().replace("warning", "warn")
+
+
+def _console_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return orjson.dumps(text).decode()  # quoted so that key=value pairs stay unambiguous
+    return text
 
 
 class ConsoleFormatter(logging.Formatter):
+    """For people: ``<ts> <LEVEL> <event> key=value ...``, values with spaces quoted."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {})
-        pairs = " ".join(f"{key}={value}" for key, value in fields.items())
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.getMessage()} {pairs}".rstrip()
-        if record.exc_info:
+        pairs = " ".join(f"{key}={_console_value(value)}" for key, value in _fields(record).items())
+        line = f"{_timestamp(record)} {_level(record).upper():<5} {record.getMessage()} {pairs}".rstrip()
+        if record.exc_info and record.exc_info[0] is not None:
             line += "\n" + self.formatException(record.exc_info)
         return line
 

@@ -82,11 +82,11 @@ rules:
         ),
         (
             rule_text(event="type: t\n      subject: {path: attributes.a, value: x}"),
-            ("rules[1].event.subject", "needs exactly one of 'path' or 'value'"),
+            ("rules[1].event.subject", "needs exactly one of 'path', 'expr' or 'value'"),
         ),
         (
             rule_text(event="type: t\n      subject: {value: x, default: y}"),
-            ("rules[1].event.subject", "'default' and 'optional' only apply with 'path'"),
+            ("rules[1].event.subject", "'default' and 'optional' only apply with 'path' or 'expr'"),
         ),
         (
             rule_text(event="type: t\n      subject: [attributes.a]"),
@@ -97,7 +97,7 @@ rules:
         ),
         (
             rule_text(event="type: t\n      subject:"),
-            ("rules[1].event.subject", "needs a value: a literal, or a mapping with 'path' or 'value'"),
+            ("rules[1].event.subject", "needs a value: a literal, or a mapping with 'path', 'expr' or 'value'"),
         ),
         (rule_text(event="type: t"), ("rules[1].event.subject", "required")),
         (
@@ -171,8 +171,9 @@ def test_shape_problem(tmp_path: Path, text: str, expected: tuple[str, str]) -> 
                 "rules[1].event.subject.path",
                 "unknown path 'attribute.user'; valid forms: resource.attributes.<key>, "
                 "scope.attributes.<key>, attributes.<key>, record.attributes.<key>, record.body.<key>, "
-                "scope.name, scope.version, record.body, record.severity_text, record.severity_number, "
-                "record.time, record.observed_time, record.event_name",
+                "scope.name, scope.version, resource.attributes, scope.attributes, attributes, "
+                "record.body, record.severity_text, record.severity_number, record.time, "
+                "record.observed_time, record.event_name, record.attributes",
             ),
         ),
         (
@@ -198,8 +199,12 @@ def test_shape_problem(tmp_path: Path, text: str, expected: tuple[str, str]) -> 
             ("rules[1].match.metric", "only applies to signal: metrics"),
         ),
         (
-            rule_text(event="type: t\n      subject: {path: attributes.a, optional: true}"),
-            ("rules[1].event.subject.optional", "subject is required; it cannot be optional"),
+            rule_text(event="type: t\n      subject: s\n      data_from: {path: attributes.m, as: int}"),
+            ("rules[1].event.data_from.as", "only applies to data fields"),
+        ),
+        (
+            rule_text(event="type: t\n      subject: s\n      data_from: {value: 3}"),
+            ("rules[1].event.data_from", "must be a map, got 3"),
         ),
         (
             rule_text(event="type: t\n      subject: {path: attributes.a, as: string}"),
@@ -318,8 +323,10 @@ def test_duplicate_rule_names_across_files_and_packs(tmp_path: Path) -> None:
 def test_unknown_pack_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError) as info:
         load_rules(RulesConfig(packs=["genai", "kafka"]))
-    assert info.value.problems == [("rules.packs[1]", "unknown pack 'kafka'; available: genai, http")]
-    assert available_packs() == ["genai", "http"]
+    assert info.value.problems == [
+        ("rules.packs[1]", "unknown pack 'kafka'; available: genai, http, kubernetes, prometheus, runai, s3")
+    ]
+    assert available_packs() == ["genai", "http", "kubernetes", "prometheus", "runai", "s3"]
 
 
 def test_evaluation_order_is_inline_then_files_then_packs(tmp_path: Path) -> None:
@@ -329,7 +336,13 @@ def test_evaluation_order_is_inline_then_files_then_packs(tmp_path: Path) -> Non
         {"name": "inline", "match": {"signal": "logs"}, "event": {"type": "t", "subject": "s"}}
     )
     config = RulesConfig(packs=["http"], files=[b, a], inline=[inline])
-    assert RulesEngine.from_config(config).rule_names == ["inline", "file-b", "file-a", "http-api-call"]
+    assert RulesEngine.from_config(config).rule_names == [
+        "inline",
+        "file-b",
+        "file-a",
+        "http-api-call",
+        "http-server-requests-metric",
+    ]
 
 
 def test_inline_rule_problems_are_paths_in_the_main_config() -> None:
@@ -366,7 +379,13 @@ def test_rules_config_is_strict_and_reports_yaml_paths() -> None:
 
 def test_rules_config_defaults() -> None:
     config = RulesConfig()
-    assert (config.packs, config.files, config.inline) == (["genai", "http"], [], [])
+    assert (config.packs, config.files, config.inline, config.subjects) == (
+        ["genai", "http", "kubernetes", "prometheus", "runai", "s3"],
+        [],
+        [],
+        {},
+    )
+    assert (config.cumulative.initial_value, config.cumulative.max_streams) == ("auto", 100_000)
     assert all(field.description for field in RulesConfig.model_fields.values())
 
 

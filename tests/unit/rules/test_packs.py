@@ -24,11 +24,19 @@ def genai_call(**overrides: object) -> dict[str, object]:
     return {k: v for k, v in attrs.items() if v is not None}
 
 
-def test_default_config_loads_the_genai_and_http_packs_in_order() -> None:
+def test_default_config_loads_every_shipped_pack_in_order() -> None:
     assert RulesEngine.from_config(RulesConfig()).rule_names == [
         "genai-input-tokens",
         "genai-output-tokens",
+        "genai-token-usage-metric",
         "http-api-call",
+        "http-server-requests-metric",
+        "kubernetes-pod-runtime",
+        "kubernetes-pod-cpu",
+        "kubernetes-pod-memory",
+        "prometheus-query",
+        "runai-gpu-allocation",
+        "s3-usage-row",
     ]
 
 
@@ -132,7 +140,7 @@ def test_http_api_call_from_attributes() -> None:
         "type": "api-call",
         "subject": "customer-7",
         "time": "2024-01-01T00:00:00Z",
-        "data": {"duration": 42, "method": "GET", "path": "/api/v1/items"},
+        "data": {"count": 1, "duration": 42, "method": "GET", "path": "/api/v1/items"},
     }
 
 
@@ -141,7 +149,7 @@ def test_http_api_call_from_a_map_body() -> None:
     [event] = events(engine(packs=["http"]).map_logs(logs_request(log_record(body=body)), RECEIVED))
     assert event["subject"] == "customer-8"
     assert event["source"] == "otlp-meter"  # no service.name on the resource
-    assert event["data"] == {"duration": 40, "method": "POST", "path": "/orders"}
+    assert event["data"] == {"count": 1, "duration": 40, "method": "POST", "path": "/orders"}
 
 
 def test_http_duration_keeps_fractions_and_may_be_absent() -> None:
@@ -150,8 +158,8 @@ def test_http_duration_keeps_fractions_and_may_be_absent() -> None:
         logs_request(log_record({**base, "duration": 12.5}), log_record(base)), RECEIVED
     )
     assert [e["data"] for e in events(result)] == [
-        {"duration": 12.5, "method": "GET", "path": "/"},
-        {"method": "GET", "path": "/"},
+        {"count": 1, "duration": 12.5, "method": "GET", "path": "/"},
+        {"count": 1, "method": "GET", "path": "/"},
     ]
 
 

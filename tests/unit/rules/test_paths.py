@@ -146,12 +146,16 @@ def test_every_path_form_is_documented_here() -> None:
         "record.body.<key>",
         "scope.name",
         "scope.version",
+        "resource.attributes",
+        "scope.attributes",
+        "attributes",
         "record.body",
         "record.severity_text",
         "record.severity_number",
         "record.time",
         "record.observed_time",
         "record.event_name",
+        "record.attributes",
     )
     assert PATH_FORMS["metrics"] == (
         "resource.attributes.<key>",
@@ -160,14 +164,20 @@ def test_every_path_form_is_documented_here() -> None:
         "point.attributes.<key>",
         "scope.name",
         "scope.version",
+        "resource.attributes",
+        "scope.attributes",
+        "attributes",
         "metric.name",
         "metric.unit",
         "metric.type",
         "point.value",
         "point.sum",
         "point.count",
+        "point.min",
+        "point.max",
         "point.start_time",
         "point.time",
+        "point.attributes",
     )
 
 

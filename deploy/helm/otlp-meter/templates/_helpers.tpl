@@ -1,0 +1,111 @@
+{{/* Names and labels. */}}
+{{- define "otlp-meter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "otlp-meter.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "otlp-meter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "otlp-meter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ ternary "collector" "gateway" (eq .Values.mode "daemonset") }}
+{{- end -}}
+
+{{- define "otlp-meter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "otlp-meter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "otlp-meter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "otlp-meter.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "otlp-meter.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The Secret holding the OpenMeter token, if any. */}}
+{{- define "otlp-meter.tokenSecretName" -}}
+{{- if .Values.openmeter.existingSecret -}}
+{{- .Values.openmeter.existingSecret -}}
+{{- else if .Values.openmeter.token -}}
+{{- printf "%s-openmeter" (include "otlp-meter.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "otlp-meter.tokenSecretKey" -}}
+{{- if .Values.openmeter.existingSecret -}}{{ .Values.openmeter.existingSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/* Rule files: ConfigMap key -> path relative to the config file. */}}
+{{- define "otlp-meter.ruleFileKey" -}}
+{{- printf "rules-%s" . -}}
+{{- end -}}
+
+{{/*
+Refuse combinations that would lose or double-count data, or that cannot start.
+*/}}
+{{- define "otlp-meter.validate" -}}
+{{- if not (has .Values.mode (list "daemonset" "deployment")) -}}
+{{- fail "mode must be daemonset or deployment" -}}
+{{- end -}}
+{{- if not (has .Values.storage.type (list "hostPath" "pvc" "emptyDir")) -}}
+{{- fail "storage.type must be hostPath, pvc or emptyDir" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "daemonset") (eq .Values.storage.type "pvc") -}}
+{{- fail "storage.type pvc needs mode deployment: in daemonset mode every pod would share one claim (use hostPath)" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "deployment") (gt (int .Values.replicaCount) 1) (ne .Values.storage.type "emptyDir") -}}
+{{- fail "replicaCount > 1 needs storage.type emptyDir: a queue directory is never shared by two processes" -}}
+{{- end -}}
+{{- if not (or .Values.openmeter.url .Values.openmeter.token .Values.openmeter.existingSecret) -}}
+{{- fail "set openmeter.token, openmeter.existingSecret or openmeter.url: otherwise events would only be written to a file on the node" -}}
+{{- end -}}
+{{- if not (hasPrefix "/" .Values.storage.mountPath) -}}
+{{- fail "storage.mountPath must be an absolute path" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The otlp-meter config: .Values.config with the chart-owned keys on top, so the queue directory always equals
+the volume's mountPath and the telemetry port always equals the probes' port.
+*/}}
+{{- define "otlp-meter.config" -}}
+{{- $otlp := .Values.presets.otlp.enabled -}}
+{{- $ruleFiles := list -}}
+{{- range $name, $_ := .Values.rules.files -}}
+{{- $ruleFiles = append $ruleFiles (printf "rules/%s" $name) -}}
+{{- end -}}
+{{- $owned := dict
+  "receivers" (dict "otlp" (dict
+    "grpc" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)))
+    "http" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp)))))
+  "rules" (dict "packs" .Values.rules.packs "files" $ruleFiles "inline" .Values.rules.inline)
+  "queue" (dict "directory" .Values.storage.mountPath "max_bytes" .Values.queue.maxBytes)
+  "telemetry" (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.telemetry)))
+  "service" (dict "shutdown_timeout" (printf "%ds" (int .Values.shutdownTimeoutSeconds)))
+-}}
+{{- if .Values.sources -}}
+{{- $_ := set $owned "sources" .Values.sources -}}
+{{- end -}}
+{{- /* presets.eventsApi and presets.kubernetes add their config here once otlp-meter has those sections. */ -}}
+{{- $config := mergeOverwrite (deepCopy (.Values.config | default dict)) $owned -}}
+{{- toYaml $config -}}
+{{- end -}}

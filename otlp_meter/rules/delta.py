@@ -1,0 +1,309 @@
+"""Cumulative → delta: the increase of each cumulative stream since its last point, billing-safe.
+
+A *stream* is one series of points: resource, instrumentation scope, metric name, unit and type,
+and the point's attributes (in any order). For cumulative monotonic sums and cumulative
+(exponential) histograms the engine replaces each point by the increase since the stream's
+previous point; rules only ever see deltas. Per stream it remembers a :class:`StreamState`
+(start time, time and value of the last point seen) in :class:`StreamStates`: plain data that
+the pipeline commits to the queue's ``state`` database in the same transaction as the events, so
+a restart neither bills an increase again nor skips one.
+
+Per point, in order (``docs/rules.md`` has the operator's version):
+
+* no state yet: the *first point* policy (``initial_value``) decides. ``keep`` bills the whole
+  value, ``drop`` only remembers it, ``auto`` keeps it when the stream started (its start time)
+  after the collector first started (persisted under :data:`FIRST_START_KEY`), else drops it.
+* ``time`` not after the last seen time: a duplicate (a retried export, a copy from a second
+  path) or out of order: no event, state unchanged. So the same request twice bills once.
+* a reset: a newer run (start time later than the stored one and not before the last point) or a
+  value that went down (count or sum, for histograms): the whole value is the increase.
+* otherwise the difference, never negative. A zero increase makes no event (``unchanged``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Literal
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    ExponentialHistogramDataPoint,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+)
+
+from otlp_meter.rules.views import ScopeState
+
+InitialValue = Literal["auto", "keep", "drop"]
+Outcome = Literal["converted", "reset", "first_kept", "first_dropped", "duplicate", "unchanged", "no_value"]
+Load = Callable[[bytes], bytes | None]
+
+KEY_PREFIX = b"delta/"
+"""Every key this module writes starts with this (stream keys: prefix + 16-byte digest)."""
+FIRST_START_KEY = b"delta/first-start"
+"""When the collector first started (Unix ns, 8 bytes big-endian), for the ``auto`` policy."""
+
+_PERSON = b"otlp-meter.st.v1"  # stream keys' BLAKE2b personalization; changing it forgets all state
+_NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE: a staleness marker, not a value
+_VERSION = 1
+_HEAD = struct.Struct(">BcQQ")  # version, kind, start, time
+_INT = struct.Struct(">q")
+_DOUBLE = struct.Struct(">d")
+_HIST = struct.Struct(">Qd?")  # count, sum, has sum
+_ABSENT = object()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """The last point seen of one stream. Sums keep ``value``; histograms ``count`` and ``value``
+    (their sum, ``has_sum`` false when the producer sent none)."""
+
+    start: int
+    time: int
+    value: int | float
+    count: int = -1
+    has_sum: bool = True
+
+    def encode(self) -> bytes:
+        """Versioned bytes for the state database."""
+        if self.count >= 0:
+            return _HEAD.pack(_VERSION, b"h", self.start, self.time) + _HIST.pack(
+                self.count, float(self.value), self.has_sum
+            )
+        if isinstance(self.value, int):
+            return _HEAD.pack(_VERSION, b"i", self.start, self.time) + _INT.pack(self.value)
+        return _HEAD.pack(_VERSION, b"d", self.start, self.time) + _DOUBLE.pack(self.value)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StreamState | None:
+        """The state in ``raw``, or None when it is not one this version wrote (start afresh)."""
+        try:
+            version, kind, start, time = _HEAD.unpack_from(raw)
+            body = raw[_HEAD.size :]
+            if version != _VERSION:
+                return None
+            if kind == b"i":
+                return cls(start, time, _INT.unpack(body)[0])
+            if kind == b"d":
+                return cls(start, time, _DOUBLE.unpack(body)[0])
+            if kind == b"h":
+                count, total, has_sum = _HIST.unpack(body)
+                return cls(start, time, total, count, has_sum)
+        except struct.error:
+            pass
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """What one mapping changed: ``updates`` for the state database, and the rollback token."""
+
+    updates: dict[bytes, bytes | None]
+    token: int
+
+
+class StreamStates:
+    """Stream states in memory (an LRU of ``max_streams``) over the durable ``state`` database.
+
+    ``load`` reads a committed value (the pipeline passes ``LmdbQueue.get_state``); without it the
+    states live in memory only (the dry run, tests). ``started_ns`` is now: it becomes the
+    collector's *first start* when the database has none yet.
+
+    Protocol, one mapping at a time (callers serialize; this class is not thread-safe)::
+
+        states.begin()                # the engine's map_metrics does begin ... finish
+        ... get / put ...
+        change = states.finish()      # change.updates go into the same append as the events
+        # if the append fails:
+        states.rollback(change.token) # memory is as before begin(); the retry computes the same
+
+    Keys read during a mapping stay in memory until the next ``begin`` so a mapping never reads
+    back an older committed value of a key it changed.
+    """
+
+    def __init__(self, load: Load | None = None, *, started_ns: int, max_streams: int = 100_000) -> None:
+        self._load = load
+        self._max = max(1, max_streams)
+        self._memory: OrderedDict[bytes, StreamState] = OrderedDict()
+        self._undo: dict[bytes, object] | None = None  # key → state before this mapping, or _ABSENT
+        self._updates: dict[bytes, bytes | None] = {}
+        self._last: tuple[int, dict[bytes, object], bool] | None = None  # (token, undo, wrote first)
+        self._token = 0
+        raw = load(FIRST_START_KEY) if load is not None else None
+        self._first_start_pending = raw is None or len(raw) != 8
+        self.first_start_ns = started_ns if self._first_start_pending else int.from_bytes(raw, "big")  # type: ignore[arg-type]
+        """When the collector first started (persisted), or ``started_ns`` on a first start."""
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def begin(self) -> None:
+        """Start collecting the changes of one mapping; trims memory to ``max_streams`` first."""
+        if self._undo is not None:
+            raise RuntimeError("a mapping is already in progress")
+        self._last = None  # the previous mapping's append succeeded (or nobody will roll it back)
+        while len(self._memory) > self._max:
+            self._memory.popitem(last=False)
+        self._undo, self._updates = {}, {}
+        if self._first_start_pending:
+            self._updates[FIRST_START_KEY] = self.first_start_ns.to_bytes(8, "big")
+
+    def get(self, key: bytes) -> StreamState | None:
+        """The stream's state: from memory, else loaded (and kept), else None."""
+        state = self._memory.get(key)
+        if state is not None:
+            self._memory.move_to_end(key)
+            return state
+        if self._load is None:
+            return None
+        raw = self._load(key)
+        state = StreamState.decode(raw) if raw is not None else None
+        if state is not None:
+            self._memory[key] = state
+        return state
+
+    def put(self, key: bytes, state: StreamState) -> None:
+        """Record the stream's new state (in memory now; in the database with ``finish``'s updates)."""
+        undo = self._undo
+        if undo is None:
+            raise RuntimeError("put outside begin/finish")
+        if key not in undo:
+            undo[key] = self._memory.get(key, _ABSENT)
+        self._memory[key] = state
+        self._memory.move_to_end(key)
+        self._updates[key] = state.encode()
+
+    def finish(self) -> StateChange:
+        """End the mapping: the updates to commit with its events, and the token to roll back."""
+        if self._undo is None:
+            raise RuntimeError("finish without begin")
+        self._token += 1
+        wrote_first = FIRST_START_KEY in self._updates
+        self._last = (self._token, self._undo, wrote_first)
+        self._first_start_pending = self._first_start_pending and not wrote_first
+        change = StateChange(self._updates, self._token)
+        self._undo, self._updates = None, {}
+        return change
+
+    def rollback(self, token: int) -> None:
+        """Undo the in-memory changes of the last finished mapping (its append failed)."""
+        last = self._last
+        if last is None or last[0] != token or self._undo is not None:
+            raise RuntimeError("only the last finished mapping can be rolled back, before the next begins")
+        _, undo, wrote_first = last
+        for key, previous in undo.items():
+            if previous is _ABSENT:
+                self._memory.pop(key, None)
+            else:
+                self._memory[key] = previous  # type: ignore[assignment]
+        self._first_start_pending = self._first_start_pending or wrote_first
+        self._last = None
+
+
+# --- stream keys ---------------------------------------------------------------------------------
+
+
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+def metric_hasher(scope: ScopeState, metric: Metric, metric_type: str) -> hashlib.blake2b:
+    """A hasher primed with everything that names a stream except the point's attributes."""
+    res = scope.res
+    if res.stream is None:
+        res.stream = hashlib.blake2b(
+            _frame(res.resource.SerializeToString(deterministic=True)), digest_size=16, person=_PERSON
+        )
+    if scope.stream is None:
+        scope.stream = res.stream.copy()
+        scope.stream.update(_frame(scope.scope.SerializeToString(deterministic=True)))
+    hasher = scope.stream.copy()
+    hasher.update(_frame(metric.name.encode()) + _frame(metric.unit.encode()) + _frame(metric_type.encode()))
+    return hasher
+
+
+_BY_KEY = attrgetter("key")
+
+
+def stream_key(metric: hashlib.blake2b, attributes: list[KeyValue]) -> bytes:
+    """The state key of the stream of a point with ``attributes`` (their order does not matter)."""
+    hasher = metric.copy()
+    for kv in sorted(attributes, key=_BY_KEY):
+        hasher.update(_frame(kv.SerializeToString(deterministic=True)))
+    return KEY_PREFIX + hasher.digest()
+
+
+# --- conversion ----------------------------------------------------------------------------------
+
+CumulativePoint = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint
+
+
+def to_delta(
+    states: StreamStates, key: bytes, point: CumulativePoint, initial_value: InitialValue
+) -> tuple[CumulativePoint | None, Outcome]:
+    """The delta point for a cumulative ``point`` of stream ``key`` (None: no event), and why."""
+    if point.flags & _NO_RECORDED_VALUE:
+        return None, "no_value"
+    if isinstance(point, NumberDataPoint):
+        kind = point.WhichOneof("value")
+        if kind is None:
+            return None, "no_value"
+        value: int | float = getattr(point, kind)
+        current = StreamState(point.start_time_unix_nano, point.time_unix_nano, value)
+    else:
+        has_sum = point.HasField("sum")
+        current = StreamState(
+            point.start_time_unix_nano, point.time_unix_nano, point.sum, point.count, has_sum
+        )
+    last = states.get(key)
+    if last is None:
+        states.put(key, current)
+        start = current.start
+        if initial_value == "keep" or (initial_value == "auto" and start > states.first_start_ns):
+            return _delta_point(point, current, None, start), "first_kept"
+        return None, "first_dropped"
+    if current.time <= last.time:
+        return None, "duplicate"
+    states.put(key, current)
+    newer_run = current.start > last.start and current.start >= last.time
+    went_down = current.value < last.value or current.count < last.count
+    if newer_run or went_down:
+        return _delta_point(point, current, None, current.start or last.time), "reset"
+    delta = _delta_point(point, current, last, last.time)
+    return (None, "unchanged") if delta is None else (delta, "converted")
+
+
+def _delta_point(
+    point: CumulativePoint, current: StreamState, last: StreamState | None, start: int
+) -> CumulativePoint | None:
+    """A fresh point holding ``current - last`` (all of ``current`` without ``last``); None if zero.
+
+    Only what the increase defines is carried: attributes, start and time, and the value (sums)
+    or count and sum (histograms). Buckets, min, max and exemplars describe the cumulative run.
+    """
+    if isinstance(point, NumberDataPoint):
+        value = current.value - last.value if last is not None else current.value
+        if last is not None and value == 0:
+            return None
+        out = NumberDataPoint(start_time_unix_nano=start, time_unix_nano=current.time)
+        if isinstance(value, int):
+            out.as_int = value
+        else:
+            out.as_double = value
+    else:
+        count = current.count - last.count if last is not None else current.count
+        total = current.value - last.value if last is not None and last.has_sum else current.value
+        if last is not None and count == 0 and (total == 0 or not current.has_sum):
+            return None
+        hist = type(point)(start_time_unix_nano=start, time_unix_nano=current.time, count=count)
+        if current.has_sum:
+            hist.sum = total
+        out = hist  # type: ignore[assignment]
+    out.attributes.extend(point.attributes)
+    return out

@@ -1,0 +1,117 @@
+"""HttpServer: uvicorn on a socket bound by us, so a port in use is an OSError at start and the
+service keeps its signals and its shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import pytest
+
+from otlp_meter.http_server import HttpServer, Receive, Scope, Send, parse_endpoint, read_body, respond
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        body = await read_body(receive, 1024)
+        await respond(send, 200, b"hello " + (body or b"(too big)"), "text/plain")
+
+
+async def test_starts_on_port_zero_serves_and_stops() -> None:
+    server = HttpServer(hello, "127.0.0.1:0")
+    await server.start()
+    host, port = server.address
+    assert host == "127.0.0.1"
+    assert port > 0
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"http://{host}:{port}/", content=b"world")
+    await server.stop()
+
+    assert (response.status_code, response.text) == (200, "hello world")
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex((host, port)) != 0  # nobody listens any more
+
+
+async def test_a_port_in_use_is_an_oserror_at_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(OSError, match="in use"):
+            await HttpServer(hello, f"127.0.0.1:{port}").start()
+
+
+async def test_the_port_is_free_again_after_stop() -> None:
+    first = HttpServer(hello, "127.0.0.1:0")
+    await first.start()
+    port = first.address[1]
+    await first.stop()
+
+    second = HttpServer(hello, f"127.0.0.1:{port}")
+    await second.start()
+    await second.stop()
+
+
+async def test_stop_lets_an_in_flight_request_finish() -> None:
+    started = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            started.set()
+            await asyncio.sleep(0.3)
+            await respond(send, 200, b"done", "text/plain")
+
+    server = HttpServer(slow, "127.0.0.1:0", graceful_timeout=5)
+    await server.start()
+    host, port = server.address
+    async with httpx.AsyncClient() as client:
+        request = asyncio.create_task(client.get(f"http://{host}:{port}/"))
+        await started.wait()
+        await server.stop()
+        response = await request
+
+    assert (response.status_code, response.text) == (200, "done")
+
+
+async def test_stop_before_start_and_twice_is_harmless() -> None:
+    server = HttpServer(hello, "127.0.0.1:0")
+    await server.stop()
+    await server.start()
+    await server.stop()
+    await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [("0.0.0.0:4318", ("0.0.0.0", 4318)), ("[::1]:4318", ("::1", 4318)), (":8888", ("0.0.0.0", 8888))],
+)
+def test_endpoints_are_host_colon_port(endpoint: str, expected: tuple[str, int]) -> None:
+    assert parse_endpoint(endpoint) == expected
+
+
+@pytest.mark.parametrize("endpoint", ["4318", "localhost", "host:port", "host:"])
+def test_an_endpoint_without_a_port_is_refused(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_endpoint(endpoint)
+
+
+async def test_read_body_stops_at_the_limit_and_refuses_a_truncated_body() -> None:
+    from otlp_meter.http_server import ClientDisconnectedError
+
+    def receiver(*messages: dict[str, object]) -> Receive:
+        queue = list(messages)
+
+        async def receive() -> dict[str, object]:
+            return queue.pop(0)
+
+        return receive
+
+    chunk = {"type": "http.request", "body": b"x" * 600, "more_body": True}
+    last = {"type": "http.request", "body": b"", "more_body": False}
+    assert await read_body(receiver(chunk, last), 1024) == b"x" * 600
+    assert await read_body(receiver(chunk, chunk, last), 1024) is None
+    with pytest.raises(ClientDisconnectedError):
+        await read_body(receiver(chunk, {"type": "http.disconnect"}), 1024)
