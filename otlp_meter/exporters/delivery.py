@@ -101,6 +101,7 @@ class Exporter:
             # i.e. for the slowest in-flight request, past the deadline.
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None  # its traceback would pin the last delivery task (and its errors)
         in_flight = dict(self._in_flight)
         if in_flight:
             _, pending = await asyncio.wait(in_flight, timeout=deadline)

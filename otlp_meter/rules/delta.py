@@ -17,7 +17,10 @@ Per point, in order (``docs/rules.md`` has the operator's version):
   path) or out of order: no event, state unchanged. So the same request twice bills once.
 * a reset: a newer run (start time later than the stored one and not before the last point) or a
   value that went down (count or sum, for histograms): the whole value is the increase.
-* otherwise the difference, never negative. A zero increase makes no event (``unchanged``).
+* otherwise the difference, never negative.
+
+An increase of zero (including a first or reset point whose value is zero) makes no event and
+counts as ``unchanged``; the state still moves on.
 """
 
 from __future__ import annotations
@@ -266,7 +269,7 @@ def to_delta(
         states.put(key, current)
         start = current.start
         if initial_value == "keep" or (initial_value == "auto" and start > states.first_start_ns):
-            return _delta_point(point, current, None, start), "first_kept"
+            return _outcome(_delta_point(point, current, None, start), "first_kept")
         return None, "first_dropped"
     if current.time <= last.time:
         return None, "duplicate"
@@ -274,9 +277,12 @@ def to_delta(
     newer_run = current.start > last.start and current.start >= last.time
     went_down = current.value < last.value or current.count < last.count
     if newer_run or went_down:
-        return _delta_point(point, current, None, current.start or last.time), "reset"
-    delta = _delta_point(point, current, last, last.time)
-    return (None, "unchanged") if delta is None else (delta, "converted")
+        return _outcome(_delta_point(point, current, None, current.start or last.time), "reset")
+    return _outcome(_delta_point(point, current, last, last.time), "converted")
+
+
+def _outcome(delta: CumulativePoint | None, outcome: Outcome) -> tuple[CumulativePoint | None, Outcome]:
+    return (None, "unchanged") if delta is None else (delta, outcome)
 
 
 def _delta_point(
@@ -289,7 +295,7 @@ def _delta_point(
     """
     if isinstance(point, NumberDataPoint):
         value = current.value - last.value if last is not None else current.value
-        if last is not None and value == 0:
+        if value == 0:
             return None
         out = NumberDataPoint(start_time_unix_nano=start, time_unix_nano=current.time)
         if isinstance(value, int):
@@ -299,7 +305,7 @@ def _delta_point(
     else:
         count = current.count - last.count if last is not None else current.count
         total = current.value - last.value if last is not None and last.has_sum else current.value
-        if last is not None and count == 0 and (total == 0 or not current.has_sum):
+        if count == 0 and (total == 0 or not current.has_sum):
             return None
         hist = type(point)(start_time_unix_nano=start, time_unix_nano=current.time, count=count)
         if current.has_sum:

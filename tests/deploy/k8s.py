@@ -326,7 +326,7 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
     # Runs as the image's non-root user, locked down; resources bounded.
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
-    assert security["runAsUser"] == image_user()
+    assert security["runAsUser"] == image_user(), "runAsUser must be the image's USER"
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]

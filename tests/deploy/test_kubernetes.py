@@ -72,24 +72,34 @@ def test_the_validator_rejects_unknown_and_mistyped_fields() -> None:
     assert schema_errors(mistyped)
 
 
+def _named(items: list[dict[str, Any]], name: str, key: str = "name") -> dict[str, Any]:
+    return next(item for item in items if item.get(key) == name)
+
+
+def _pod(daemonset: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = daemonset["spec"]["template"]["spec"]
+    return pod
+
+
+def _container(daemonset: dict[str, Any]) -> dict[str, Any]:
+    return _named(_pod(daemonset)["containers"], "otlp-meter")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["spec"]["template"]["spec"]["volumes"][1]["hostPath"].update(path="/x"), None),
+        (lambda d: _named(_pod(d)["volumes"], "queue")["hostPath"].update(path="/srv/queue"), None),
         (
-            lambda d: d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][1].update(
-                mountPath="/data"
-            ),
+            lambda d: _named(_container(d)["volumeMounts"], "queue").update(mountPath="/data"),
             "no volumeMount at queue.directory",
         ),
-        (
-            lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][3].update(containerPort=9999),
-            "livenessProbe",
-        ),
-        (lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=20), "20"),
+        (lambda d: _named(_container(d)["ports"], "telemetry").update(containerPort=9999), "livenessProbe"),
+        (lambda d: _pod(d).update(terminationGracePeriodSeconds=20), "terminationGracePeriodSeconds 20"),
         (lambda d: d["spec"]["updateStrategy"]["rollingUpdate"].update(maxSurge=1), "maxSurge"),
+        (lambda d: _container(d)["securityContext"].update(runAsUser=0), "runAsUser"),
+        (lambda d: _container(d).update(image="otlp-meter:latest"), "otlp-meter:latest"),
     ],
-    ids=["hostPath-moved-ok", "queue-mount-moved", "telemetry-port", "grace-too-short", "surge"],
+    ids=["hostPath-moved-ok", "queue-mount-moved", "telemetry-port", "grace", "surge", "root", "image-tag"],
 )
 def test_invariants_catch_drift(
     tmp_path: Path, change: Callable[[dict[str, Any]], object], message: str | None

@@ -281,9 +281,10 @@ def test_memory_is_bounded_and_evicted_streams_are_read_back_from_state() -> Non
     rules.map_metrics(metrics_request(), RECEIVED, states)  # the next mapping trims memory
     assert len(states) == 2
     later = [{"value": 13, "t": T0 + 2 * S, "attrs": {"customer": f"c{i}"}} for i in range(5)]
-    assert values([e["data"] for e in events(rules.map_metrics(request("sum", *later), RECEIVED, states))]) == [
-        3
-    ] * 5
+    assert (
+        values([e["data"] for e in events(rules.map_metrics(request("sum", *later), RECEIVED, states))])
+        == [3] * 5
+    )
 
 
 def test_state_that_cannot_be_decoded_starts_the_stream_afresh() -> None:
@@ -305,9 +306,9 @@ def test_without_states_every_point_is_the_first_of_its_stream() -> None:
 def test_delta_points_pass_through_untouched() -> None:
     rules = engine(USAGE)
     req = request("sum", {"value": 10, "t": T0 + S})
-    req.resource_metrics[0].scope_metrics[0].metrics[0].sum.aggregation_temporality = (
-        AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-    )
+    req.resource_metrics[0].scope_metrics[0].metrics[
+        0
+    ].sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
     result = rules.map_metrics(req, RECEIVED)
     assert [e["data"]["value"] for e in events(result)] == [10] and result.cumulative == {}
 

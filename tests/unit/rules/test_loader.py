@@ -97,7 +97,10 @@ rules:
         ),
         (
             rule_text(event="type: t\n      subject:"),
-            ("rules[1].event.subject", "needs a value: a literal, or a mapping with 'path', 'expr' or 'value'"),
+            (
+                "rules[1].event.subject",
+                "needs a value: a literal, or a mapping with 'path', 'expr' or 'value'",
+            ),
         ),
         (rule_text(event="type: t"), ("rules[1].event.subject", "required")),
         (
