@@ -4,8 +4,11 @@
     ├── ConfigError            bad configuration or rules; carries one message per YAML path
     ├── PermanentError         the input itself is wrong; retrying the same input cannot help
     │   ├── DecodeError        malformed protobuf / JSON / CloudEvent
+    │   │   └── InvalidEventError   a CloudEvent violates the OpenMeter schema; carries (index, field)s
     │   ├── UnsupportedMediaTypeError
-    │   └── PayloadTooLargeError
+    │   ├── PayloadTooLargeError
+    │   ├── LimitExceededError a record breaks an attribute limit (count or value size)
+    │   └── AuthenticationError missing or wrong credentials
     └── RetryableError         the input is fine but cannot be taken now; carries retry_after (seconds)
         ├── QueueFullError     queue at its byte limit, or the disk is full
         ├── StorageError       LMDB failed for another reason
@@ -49,6 +52,35 @@ class UnsupportedMediaTypeError(PermanentError):
 
 class PayloadTooLargeError(PermanentError):
     """The body exceeds the configured limit (after decompression)."""
+
+
+class InvalidEventError(DecodeError):
+    """CloudEvents that OpenMeter would refuse. ``problems`` holds ``(index, field, message)``;
+    ``index`` is None for a single-event body, ``field`` is ``""`` when the event itself is wrong."""
+
+    def __init__(self, problems: Sequence[tuple[int | None, str, str]]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0]
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"invalid event: {event_path(first[0], first[1])}: {first[2]}{more}")
+
+
+def event_path(index: int | None, field: str) -> str:
+    """``event[3].subject``, ``event.time`` (single event), ``event[0]`` (the event itself)."""
+    where = "event" if index is None else f"event[{index}]"
+    return f"{where}.{field}" if field else where
+
+
+class LimitExceededError(PermanentError):
+    """A record exceeds a configured attribute limit (count per record or size of one value)."""
+
+
+class AuthenticationError(PermanentError):
+    """The request carries no credentials, or wrong ones. ``reason`` is ``missing`` or ``invalid``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("missing bearer token" if reason == "missing" else "invalid bearer token")
+        self.reason = reason
 
 
 class RetryableError(OtlpMeterError):

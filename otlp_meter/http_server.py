@@ -2,17 +2,35 @@
 
 Binding first means "port in use" is an ordinary ``OSError`` at startup (uvicorn would exit the
 process), and that signals stay ours: the service decides the shutdown order, not uvicorn.
+
+uvicorn alone does not defend against slow clients: it has no timeout for the request head, no
+limit on its size and no limit on open connections. :class:`ServerLimits` adds those in a
+subclass of its httptools protocol (a connection that does not finish its head in time, or
+sends too much of it, is closed; connections beyond the limit are closed on arrival), and
+:func:`read_body` bounds the time a body may take. TLS comes from
+:class:`~otlp_meter.receivers.tls.ServerTls`, whose context reloads rotated certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from otlp_meter.telemetry.logging import get_logger
+from otlp_meter.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from otlp_meter.receivers.tls import ServerTls
+
+log = get_logger("http")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +63,96 @@ def bind(endpoint: str) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one HTTP server tolerates from a client (see ``HttpServerConfig`` for the meaning)."""
+
+    read_header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    max_header_size: int = 64 * 1024
+    max_connections: int = 1024
+
+    @classmethod
+    def of(cls, config: Any) -> ServerLimits:
+        """From an ``HttpServerConfig`` (or anything with the same fields)."""
+        return cls(
+            read_header_timeout=config.read_header_timeout,
+            idle_timeout=config.idle_timeout,
+            max_header_size=config.max_header_size,
+            max_connections=config.max_connections,
+        )
+
+
+def _guarded_protocol(limits: ServerLimits, server: str, metrics: Metrics | None) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a head timeout, a head size limit and a connection limit."""
+
+    def closed(reason: str) -> None:
+        if metrics is not None:
+            metrics.server_connections_closed.labels(server, reason).inc()
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _awaiting_head = True
+        _head_bytes = 0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                closed("connection_limit")
+                transport.close()
+                return
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._awaiting_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > limits.max_header_size:
+                    closed("header_too_large")
+                    self._refuse(431, b"request header fields too large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._awaiting_head = True
+            self._head_bytes = 0
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head = False
+            self._disarm_head_timer()
+            super().on_headers_complete()
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(limits.read_header_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head and not self.transport.is_closing():
+                closed("header_timeout")
+                self._refuse(408, b"request head not received in time")
+
+        def _refuse(self, status: int, text: bytes) -> None:
+            self._disarm_head_timer()
+            phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, phrase, len(text), text)
+            )
+            self.transport.close()
+
+    return GuardedProtocol
+
+
 class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the service owns signals
@@ -52,12 +160,29 @@ class _QuietServer(uvicorn.Server):
 
 
 class HttpServer:
-    """An ASGI app served by uvicorn on an already-bound socket."""
+    """An ASGI app served by uvicorn on an already-bound socket, with ``limits`` and optional TLS.
 
-    def __init__(self, app: AsgiApp, endpoint: str, *, graceful_timeout: float = 10.0) -> None:
+    ``name`` labels the ``server_connections_closed`` metric (otlp_http, events_api, telemetry).
+    """
+
+    def __init__(
+        self,
+        app: AsgiApp,
+        endpoint: str,
+        *,
+        graceful_timeout: float = 10.0,
+        limits: ServerLimits | None = None,
+        tls: ServerTls | None = None,
+        name: str = "http",
+        metrics: Metrics | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._app = app
         self._graceful_timeout = graceful_timeout
+        self._limits = limits or ServerLimits()
+        self._tls = tls
+        self._name = name
+        self._metrics = metrics
         self._socket: socket.socket | None = None
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -70,9 +195,13 @@ class HttpServer:
 
     async def start(self) -> None:
         self._socket = bind(self.endpoint)
+        tls = self._tls
         config = uvicorn.Config(
             self._app,
-            http="httptools",
+            http=_guarded_protocol(self._limits, self._name, self._metrics),
+            ssl_context_factory=(lambda _config, _default: tls.ssl_context()) if tls is not None else None,
+            limit_concurrency=self._limits.max_connections,  # requests in progress: 503 beyond it
+            timeout_keep_alive=max(1, math.ceil(self._limits.idle_timeout)),
             lifespan="off",
             ws="none",
             log_config=None,
@@ -80,7 +209,6 @@ class HttpServer:
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=int(self._graceful_timeout) or 1,
-            h11_max_incomplete_event_size=64 * 1024,
         )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
@@ -103,12 +231,27 @@ class ClientDisconnectedError(Exception):
     """The client went away before sending the whole body; there is nobody left to answer."""
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None:
+class RequestTimeoutError(Exception):
+    """The body did not arrive within the read timeout (a slow or stalled client): 408."""
+
+
+async def read_body(receive: Receive, limit: int, time_limit: float | None = None) -> bytes | None:
     """Read the whole request body, or return None as soon as it exceeds ``limit`` bytes.
 
     Raises :class:`ClientDisconnectedError` if the client disconnects first: a truncated body must
-    never be taken for the whole one (it may even decode, and then be ingested half).
+    never be taken for the whole one (it may even decode, and then be ingested half). Raises
+    :class:`RequestTimeoutError` when the body takes longer than ``time_limit`` seconds.
     """
+    if time_limit is None:
+        return await _read_body(receive, limit)
+    try:
+        async with asyncio.timeout(time_limit):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {time_limit:g}s") from None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -131,13 +274,17 @@ async def respond(
     body: bytes = b"",
     content_type: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    close: bool = False,
 ) -> None:
-    """Send a complete response."""
+    """Send a complete response; ``close`` ends the connection after it (a body left unread)."""
     raw_headers = [(b"content-length", str(len(body)).encode())]
     if content_type:
         raw_headers.append((b"content-type", content_type.encode()))
     if headers:
         raw_headers.extend(headers)
+    if close:
+        raw_headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -1,4 +1,20 @@
-"""The status table (DESIGN.md): how each outcome is answered over gRPC and over HTTP. One place only."""
+"""The status table (DESIGN.md): how each outcome is answered over gRPC, OTLP/HTTP and the events
+API. One place only.
+
+| condition                              | gRPC                    | OTLP/HTTP    | events API    |
+|----------------------------------------|-------------------------|--------------|---------------|
+| accepted                               | OK                      | 200          | 204 v1 / 202 v3 |
+| malformed body, invalid CloudEvent     | INVALID_ARGUMENT        | 400          | 400           |
+| a record breaks an attribute limit     | INVALID_ARGUMENT        | 400          | (n/a)         |
+| unsupported Content-Type/-Encoding     | INVALID_ARGUMENT        | 415          | 400 (as OpenMeter) |
+| body too large, too many events        | RESOURCE_EXHAUSTED      | 413          | 413           |
+| body not received within read_timeout  | DEADLINE_EXCEEDED       | 408          | 408           |
+| missing/invalid bearer token           | UNAUTHENTICATED         | 401          | 401           |
+| queue full, storage, stopping, our bug | UNAVAILABLE + RetryInfo | 503 + Retry-After | 503 + Retry-After |
+
+OTLP error bodies are ``google.rpc.Status``; the events API answers ``application/problem+json``
+(RFC 7807) like OpenMeter.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +25,9 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from otlp_meter.errors import (
+    AuthenticationError,
     DecodeError,
+    LimitExceededError,
     PayloadTooLargeError,
     QueueFullError,
     RetryableError,
@@ -17,6 +35,7 @@ from otlp_meter.errors import (
     StorageError,
     UnsupportedMediaTypeError,
 )
+from otlp_meter.http_server import RequestTimeoutError
 from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("receiver")
@@ -27,13 +46,20 @@ MAX_RETRY_AFTER = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """How to refuse a request: gRPC code, HTTP status, message, optional retry delay, metric reason."""
+    """How to refuse a request: gRPC code, HTTP status (OTLP/HTTP), events API status, message,
+    optional retry delay, metric reason."""
 
     grpc_code: grpc.StatusCode
     http_status: int
     message: str
     reason: str
     retry_after: float | None = None
+    events_status: int = 0
+    """The events API's status; 0 means the same as ``http_status``."""
+
+    @property
+    def events_api_status(self) -> int:
+        return self.events_status or self.http_status
 
     def to_status(self) -> status_pb2.Status:
         """The ``google.rpc.Status`` body (with RetryInfo when retryable)."""
@@ -51,12 +77,21 @@ def _retry_after(exc: RetryableError) -> float:
 
 def refusal_for(exc: BaseException) -> Refusal:
     """Map an exception raised while taking a request to its answer."""
+    if isinstance(exc, AuthenticationError):
+        return Refusal(grpc.StatusCode.UNAUTHENTICATED, 401, str(exc), "unauthenticated")
     if isinstance(exc, DecodeError):
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, 400, str(exc), "malformed")
+    if isinstance(exc, LimitExceededError):
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, 400, str(exc), "limit_exceeded")
     if isinstance(exc, UnsupportedMediaTypeError):
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, 415, str(exc), "unsupported_media_type")
+        # OpenMeter answers a content type it does not take with 400; its clients expect that.
+        return Refusal(
+            grpc.StatusCode.INVALID_ARGUMENT, 415, str(exc), "unsupported_media_type", events_status=400
+        )
     if isinstance(exc, PayloadTooLargeError):
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, str(exc), "too_large")
+    if isinstance(exc, RequestTimeoutError):
+        return Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, 408, str(exc), "timeout")
     if isinstance(exc, QueueFullError):
         return Refusal(grpc.StatusCode.UNAVAILABLE, 503, str(exc), "queue_full", _retry_after(exc))
     if isinstance(exc, ShuttingDownError):

@@ -1,10 +1,10 @@
-"""Rule models → compiled rules: a tuple of predicates and one event builder, all plain closures.
+"""Rule models → compiled rules: one ``match`` and one ``build`` function per rule.
 
-Everything that can be decided once is decided here: paths become getters, regexes compile,
-literals and defaults are converted, the metric-name glob becomes a matcher. Per record, a rule
-is then a handful of function calls. Mapping a record never raises for bad input: a value that is
-missing or cannot be converted raises :class:`Rejected` (caught by the engine and reported as a
-``Rejection``), never anything else.
+Everything that can be decided once is decided here: paths become getters (or inlined attribute
+lookups), regexes and expressions compile, literals and defaults are converted, the metric-name
+glob becomes a matcher; :mod:`codegen` then writes the rule's two functions. Mapping a record
+never raises for bad input: a value that is missing or cannot be converted, or an expression that
+fails, raises :class:`Rejected` (caught by the engine and reported as a ``Rejection``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from otlp_meter.errors import ConfigError
 from otlp_meter.events import EncodedEvent
 from otlp_meter.rules import ids
+from otlp_meter.rules.codegen import ConditionPlan, FieldPlan, Read, Rejected, build_function, match_function
 from otlp_meter.rules.expressions import Expression, ExpressionError
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
 from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, getter_for, parse_path
@@ -27,21 +26,6 @@ from otlp_meter.rules.values import COERCIONS, event_source, event_string, event
 
 Predicate = Callable[[RecordView], bool]
 Convert = Callable[[Any], Any]
-
-
-class Rejected(Exception):
-    """A matched record cannot become an event; ``reason`` says which field and why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-_OMIT: Any = object()  # an optional data field without a value
-_SKIP: Any = object()  # an optional type or subject without a value: the rule does not take the record
-
-_Field = tuple[str, Getter, "Convert | None", Getter]
-"""(label for reasons, getter, conversion of a found value, what to do when there is none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +37,8 @@ class CompiledRule:
     name: str
     signal: RuleSignal
     continue_: bool
-    conditions: tuple[Predicate, ...]
+    match: Predicate
+    """Whether the record satisfies ``match.where`` and ``match.expr`` (may raise ``Rejected``)."""
     build: Callable[[RecordView], EncodedEvent | None]
     metric_name: Callable[[str], bool] | None = None
     metric_type: str | None = None
@@ -67,8 +52,8 @@ class CompiledRule:
         return self.metric_name is None or self.metric_name(name)
 
     def matches(self, view: RecordView) -> bool:
-        """Whether every ``where`` condition holds for the record."""
-        return all(condition(view) for condition in self.conditions)
+        """Whether every ``where`` condition (and ``match.expr``) holds for the record."""
+        return self.match(view)
 
 
 class _Compiler:
@@ -106,7 +91,7 @@ class _Compiler:
 
         return holds
 
-    def getter(self, paths: str | list[str], loc: tuple[str | int, ...]) -> Getter:
+    def read(self, paths: str | list[str], loc: tuple[str | int, ...]) -> Read:
         texts = [paths] if isinstance(paths, str) else paths
         specs: list[PathSpec] = []
         for i, text in enumerate(texts):
@@ -114,21 +99,26 @@ class _Compiler:
                 specs.append(parse_path(text, self.signal))
             except PathError as exc:
                 self.problem(loc if isinstance(paths, str) else (*loc, i), str(exc))
-        return getter_for(specs)
+        if len(specs) == 1 and specs[0].source == "record":
+            return Read(attr=specs[0].key)  # the hot path: inlined as a dict lookup
+        return Read(get=getter_for(specs))
 
     # -- match ------------------------------------------------------------------------------------
 
-    def condition(self, cond: Condition, loc: tuple[str | int, ...]) -> Predicate:
-        get = self.getter(cond.path, (*loc, "path"))
+    def condition(self, cond: Condition, loc: tuple[str | int, ...]) -> ConditionPlan:
+        read = self.read(cond.path, (*loc, "path"))
         if cond.exists is not None:
-            if cond.exists:
-                return lambda v: get(v) is not None
-            return lambda v: get(v) is None
+            return ConditionPlan(read, "exists" if cond.exists else "absent")
         if cond.regex is not None:
-            return _regex_predicate(get, re.compile(cond.regex).search)
+            return ConditionPlan(read, "call", _regex_test(re.compile(cond.regex).search))
         if cond.in_ is not None:
-            return _in_predicate(get, cond.in_)
-        return _equals_predicate(get, cond.equals)
+            return ConditionPlan(read, "call", _in_test(cond.in_))
+        # Same kind only: text equals text, a number equals a number (1 == 1.0), a bool equals a bool.
+        if isinstance(cond.equals, bool):
+            return ConditionPlan(read, "equals_bool", cond.equals)
+        if isinstance(cond.equals, str):
+            return ConditionPlan(read, "equals_text", cond.equals)
+        return ConditionPlan(read, "call", _equals_number_test(cond.equals))
 
     def metric_filter(self) -> tuple[Callable[[str], bool] | None, str | None]:
         match = self.rule.match
@@ -152,8 +142,8 @@ class _Compiler:
         loc: tuple[str | int, ...],
         convert: Convert | None,
         fallback: Getter | None = None,
-    ) -> _Field:
-        """One field. No value → ``default`` → ``fallback`` (if optional) → omit/reject."""
+    ) -> FieldPlan:
+        """One field. No value → ``default`` → ``fallback`` (if optional) → omit/skip/reject."""
         label = yaml_path(loc[1:])  # without "event."
         if spec.as_ is not None:
             if convert is not None:
@@ -161,7 +151,7 @@ class _Compiler:
             convert = COERCIONS[spec.as_]
         if spec.expr is not None:
             expression = self.expression(spec.expr, (*loc, "expr"))
-            get = expression.evaluate if expression is not None else _none
+            read = Read(get=expression.evaluate if expression is not None else _none)
             missing = f"{label}: expression {spec.expr!r} is null"
         elif spec.path is None:
             try:
@@ -169,9 +159,9 @@ class _Compiler:
             except ValueError as exc:
                 self.problem(loc, str(exc))
                 const = None
-            return label, lambda v: const, None, _none
+            return FieldPlan(label, Read(literal=const, is_literal=True), None, "default")
         else:
-            get = self.getter(spec.path, (*loc, "path"))
+            read = self.read(spec.path, (*loc, "path"))
             missing = f"{label}: no value at {' | '.join(spec.paths)}"
         if spec.has_default:
             default = spec.default
@@ -180,13 +170,12 @@ class _Compiler:
                     default = convert(default)
                 except ValueError as exc:
                     self.problem((*loc, "default"), str(exc))
-            return label, get, convert, lambda v: default
+            return FieldPlan(label, read, convert, "default", default)
         if spec.optional:
             if fallback is not None:
-                return label, get, convert, fallback
-            omit = loc[1] in ("data", "data_from")
-            return label, get, convert, (lambda v: _OMIT) if omit else (lambda v: _SKIP)
-        return label, get, convert, _reject(missing)
+                return FieldPlan(label, read, convert, "call", fallback)
+            return FieldPlan(label, read, convert, "omit" if loc[1] in ("data", "data_from") else "skip")
+        return FieldPlan(label, read, convert, "reject", missing)
 
     def build(self) -> Callable[[RecordView], EncodedEvent | None]:
         event, name = self.rule.event, self.rule.name
@@ -210,8 +199,8 @@ class _Compiler:
         def default_id(v: RecordView) -> str:
             return ids.event_id(v.log_hasher() if logs else v.point_hasher(), rule_key)
 
-        def builtin(label: str, get: Getter) -> _Field:
-            return label, get, None, get
+        def builtin(label: str, get: Getter) -> FieldPlan:
+            return FieldPlan(label, Read(get=get), None, "call", get)
 
         loc = ("event",)
         head = (
@@ -224,68 +213,14 @@ class _Compiler:
             if event.time is None
             else self.field(event.time, (*loc, "time"), event_time, default_time),
         )
-        body = tuple((key, *self.field(spec, (*loc, "data", key), None)) for key, spec in event.data.items())
         base = None if event.data_from is None else self.field(event.data_from, (*loc, "data_from"), _as_map)
-        id_label, id_get, id_convert, id_missing = (
+        body = [(key, self.field(spec, (*loc, "data", key), None)) for key, spec in event.data.items()]
+        event_id = (
             builtin("id", default_id)
             if event.id is None
             else self.field(event.id, (*loc, "id"), event_string, default_id)
         )
-
-        def build(v: RecordView) -> EncodedEvent | None:
-            label = ""
-            try:
-                head_values = []
-                for label, get, convert, on_missing in head:  # noqa: B007 - read by the except
-                    value = get(v)
-                    if value is None:
-                        value = on_missing(v)
-                        if value is _SKIP:
-                            return None
-                    elif convert is not None:
-                        value = convert(value)
-                    head_values.append(value)
-                data: dict[str, Any] = {}
-                if base is not None:
-                    label, get, convert, on_missing = base
-                    value = get(v)
-                    value = on_missing(v) if value is None else convert(value)  # type: ignore[misc]
-                    if value is not _OMIT:
-                        data.update(value)
-                for key, label, get, convert, on_missing in body:  # noqa: B007 - read by the except
-                    value = get(v)
-                    if value is None:
-                        value = on_missing(v)
-                        if value is _OMIT:
-                            continue
-                    elif convert is not None:
-                        value = convert(value)
-                    data[key] = value
-                label = id_label
-                event_id = id_get(v)
-                if event_id is None:
-                    event_id = id_missing(v)
-                elif id_convert is not None:
-                    event_id = id_convert(event_id)
-            except ValueError as exc:
-                raise Rejected(f"{label}: {exc}") from None
-            type_, subject, source, time = head_values
-            event = {
-                "specversion": "1.0",
-                "id": event_id,
-                "source": source,
-                "type": type_,
-                "subject": subject,
-                "time": time,
-                "data": data,
-            }
-            try:
-                payload = orjson.dumps(event)
-            except (orjson.JSONEncodeError, TypeError) as exc:
-                raise Rejected(f"data: cannot encode as JSON: {exc}") from None
-            return EncodedEvent(source=source, id=event_id, payload=payload)
-
-        return build
+        return build_function(head, base, body, event_id)
 
 
 def _as_map(value: Any) -> dict[str, Any]:
@@ -298,23 +233,12 @@ def _none(v: RecordView) -> None:
     return None
 
 
-def _reject(reason: str) -> Getter:
-    def reject(v: RecordView) -> Any:
-        raise Rejected(reason)
-
-    return reject
-
-
 def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: str = "") -> CompiledRule:
     """Compile one validated rule. Problems raise :class:`ConfigError` with paths under ``where``."""
     compiler = _Compiler(rule, where)
     metric_name, metric_type = compiler.metric_filter()
-    conditions = tuple(
-        compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)
-    )
+    conditions = [compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)]
     expression = compiler.match_expression()  # after the paths: they are the cheap filter
-    if expression is not None:
-        conditions += (expression,)
     build = compiler.build()
     if compiler.problems:
         raise ConfigError(compiler.problems, source=source)
@@ -322,7 +246,7 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
         name=rule.name,
         signal=compiler.signal,
         continue_=rule.continue_,
-        conditions=conditions,
+        match=match_function(conditions, expression),
         build=build,
         metric_name=metric_name,
         metric_type=metric_type,
@@ -330,31 +254,23 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
     )
 
 
-# --- condition predicates ------------------------------------------------------------------------
+# --- condition tests (on the value read) ---------------------------------------------------------
 
 
-def _equals_predicate(get: Getter, expected: Any) -> Predicate:
-    # Same kind only: text equals text, a number equals a number (1 == 1.0), a bool equals a bool.
-    if isinstance(expected, bool):
-        return lambda v: get(v) is expected
-    if isinstance(expected, str):
-        return lambda v: get(v) == expected
-
-    def equals_number(v: RecordView) -> bool:
-        value = get(v)
+def _equals_number_test(expected: Any) -> Callable[[Any], bool]:
+    def equals_number(value: Any) -> bool:
         kind = type(value)
         return (kind is int or kind is float) and value == expected
 
     return equals_number
 
 
-def _in_predicate(get: Getter, options: Sequence[Any]) -> Predicate:
+def _in_test(options: Sequence[Any]) -> Callable[[Any], bool]:
     texts = frozenset(o for o in options if isinstance(o, str))
     bools = frozenset(o for o in options if isinstance(o, bool))
     numbers = frozenset(o for o in options if isinstance(o, int | float) and not isinstance(o, bool))
 
-    def is_in(v: RecordView) -> bool:
-        value = get(v)
+    def is_in(value: Any) -> bool:
         kind = type(value)
         if kind is str:
             return value in texts
@@ -367,9 +283,8 @@ def _in_predicate(get: Getter, options: Sequence[Any]) -> Predicate:
     return is_in
 
 
-def _regex_predicate(get: Getter, search: Callable[[str], re.Match[str] | None]) -> Predicate:
-    def matches(v: RecordView) -> bool:
-        value = get(v)
+def _regex_test(search: Callable[[str], re.Match[str] | None]) -> Callable[[Any], bool]:
+    def matches(value: Any) -> bool:
         kind = type(value)
         if kind is str:
             return search(value) is not None

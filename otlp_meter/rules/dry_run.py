@@ -211,7 +211,7 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     return [
         "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

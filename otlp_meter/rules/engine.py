@@ -260,18 +260,16 @@ def _apply(
     rejections_before = len(tally.rejected)
     for rule in rules:
         try:
-            for condition in rule.conditions:
-                if not condition(view):
-                    break
-            else:
-                event = rule.build(view)
-                if event is None:  # an optional type or subject without a value
-                    continue
-                hit = True
-                tally.matched[rule.name] = tally.matched.get(rule.name, 0) + 1
-                tally.events.append(event)
-                if not rule.continue_:
-                    break
+            if not rule.match(view):
+                continue
+            event = rule.build(view)
+            if event is None:  # an optional type or subject without a value
+                continue
+            hit = True
+            tally.matched[rule.name] = tally.matched.get(rule.name, 0) + 1
+            tally.events.append(event)
+            if not rule.continue_:
+                break
         except Exception as exc:
             hit = True
             tally.matched[rule.name] = tally.matched.get(rule.name, 0) + 1

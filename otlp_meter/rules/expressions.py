@@ -206,9 +206,9 @@ def _metric(v: RecordView) -> dict[str, Any]:
 
 def _point(v: RecordView) -> dict[str, Any]:
     cache = _cache(v)
-    out = cache.get("point")
-    if out is not None:
-        return out
+    cached: dict[str, Any] | None = cache.get("point")
+    if cached is not None:
+        return cached
     p: Any = v.point
     out = cache["point"] = {"attributes": _attributes(v)}
     _put(out, "start_time", p.start_time_unix_nano)

@@ -154,7 +154,7 @@ def _point_count(v: RecordView) -> Any:
 def _point_bound(field: str) -> Getter:
     def get(v: RecordView) -> Any:
         p = v.point
-        if isinstance(p, NumberDataPoint | SummaryDataPoint) or not p.HasField(field):
+        if isinstance(p, NumberDataPoint | SummaryDataPoint) or not p.HasField(field):  # type: ignore[arg-type]
             return None
         return getattr(p, field)
 

@@ -40,7 +40,7 @@ def any_value(value: AnyValue) -> Any:
     """Convert an OTLP AnyValue to plain Python; an empty AnyValue is ``None``."""
     kind = value.WhichOneof("value")
     if kind in _SCALARS:
-        return getattr(value, kind)  # type: ignore[arg-type]
+        return getattr(value, kind)
     if kind == "kvlist_value":
         return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
     if kind == "array_value":

@@ -2,7 +2,8 @@
 
 Components receive a :class:`Metrics` instance (built on an injected registry, so tests can build
 as many as they like) and only ever touch the attributes below. Label values stay low-cardinality:
-transport, signal, rule, reason, exporter, status class.
+transport (grpc, http_protobuf, http_json, events_api, telemetry), signal (logs, metrics, traces,
+events), rule, reason, exporter, status class, server.
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ class Metrics:
             "Time from request decoded to answer ready.",
             ["transport", "signal"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.receiver_auth_failures = Counter(
+            f"{_PREFIX}_receiver_auth_failures",
+            "Requests refused for missing or invalid credentials (reason: missing, invalid).",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.receiver_limit_violations = Counter(
+            f"{_PREFIX}_receiver_limit_violations",
+            "Requests refused for breaking a limit (attributes, attribute_value, events, body).",
+            ["transport", "limit"],
+            registry=r,
+        )
+        # Servers (every listener: otlp_grpc, otlp_http, events_api, telemetry)
+        self.server_connections_closed = Counter(
+            f"{_PREFIX}_server_connections_closed",
+            "Connections the server closed to protect itself (header_timeout, header_too_large, "
+            "body_timeout, connection_limit).",
+            ["server", "reason"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            f"{_PREFIX}_tls_reloads",
+            "Certificate reloads after the files changed (outcome: ok, failed; a failed reload keeps "
+            "the previous certificate).",
+            ["server", "outcome"],
             registry=r,
         )
         # Rules

@@ -225,7 +225,7 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
     entrypoint, cmd = image_command()
     assert "command" not in container, "the image's ENTRYPOINT runs"
     assert entrypoint == ["otlp-meter"]
-    assert container["args"][0] == cmd[0] == "run"
+    assert container["args"] == cmd, "args as the image's CMD: otlp-meter run --config <the ConfigMap's file>"
 
     # The config in the ConfigMap passes `otlp-meter check` with the container's environment, and sends
     # to OpenMeter (never the local-file fallback in a cluster).
@@ -253,8 +253,13 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
         assert chowns[0]["command"][-2] == f"{image_user()}:{image_user()}"
         assert any(m["mountPath"] == queue_dir for m in chowns[0]["volumeMounts"])
 
-    # Probes hit /healthz and /readyz on the telemetry port.
+    # Probes hit /healthz and /readyz on the telemetry port, which listens where the kubelet connects
+    # (the pod IP); so do the receivers.
     telemetry_port = endpoint_port(config.telemetry.endpoint)
+    reachable = {"0.0.0.0", "[::]", env.get("POD_IP")}
+    otlp = config.receivers.otlp
+    for endpoint in (config.telemetry.endpoint, otlp.grpc.endpoint, otlp.http.endpoint):
+        assert endpoint.rpartition(":")[0] in reachable, f"{endpoint} is not reachable on the pod IP"
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         http_get = container[probe]["httpGet"]
         assert http_get["path"] == path
@@ -264,7 +269,6 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
         assert int(annotations["prometheus.io/port"]) == telemetry_port
 
     # OTLP receivers listen on the declared container ports (and, per node, the hostPorts).
-    otlp = config.receivers.otlp
     for receiver, name in ((otlp.grpc, "otlp-grpc"), (otlp.http, "otlp-http")):
         if receiver.enabled:
             port = bundle.container_port(name)
@@ -309,10 +313,9 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
 
     # Shutdown: the grace period covers service.shutdown_timeout; rollouts never run two collectors on
     # one queue.
-    grace = pod["terminationGracePeriodSeconds"]
-    assert grace >= config.service.shutdown_timeout + SHUTDOWN_MARGIN_S, (
-        grace,
-        config.service.shutdown_timeout,
+    grace, shutdown = pod["terminationGracePeriodSeconds"], config.service.shutdown_timeout
+    assert grace >= shutdown + SHUTDOWN_MARGIN_S, (
+        f"terminationGracePeriodSeconds {grace}, shutdown {shutdown}s"
     )
     if daemonset:
         strategy = workload["spec"]["updateStrategy"]

@@ -170,3 +170,12 @@ def test_config_changes_roll_the_pods(chart: helm.Chart) -> None:
         return str(workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
     assert checksum(TOKEN) != checksum({**TOKEN, "rules": {"packs": ["genai"]}})
+
+
+def test_gateway_replicas_each_with_their_own_ephemeral_queue(chart: helm.Chart, tmp_path: Path) -> None:
+    values = {**TOKEN, "mode": "deployment", "replicaCount": 3, "storage": {"type": "emptyDir"}}
+    bundle, _ = assert_deployable(render(chart, values), tmp_path)
+    assert bundle.workload["spec"]["replicas"] == 3
+    assert bundle.volume("queue")["emptyDir"] == {"sizeLimit": "4Gi"}
+    notes = chart.render(values, name=RELEASE, namespace=NAMESPACE)["otlp-meter/templates/NOTES.txt"]
+    assert "WARNING: storage.type is emptyDir" in notes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,23 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == sorted(on_disk)
     namespaces = {o["metadata"].get("namespace") for o in _objects(with_example_secret=True)} - {None}
     assert namespaces == {kustomization["namespace"]}
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) is not installed"
+)
+def test_kustomize_builds_what_the_tests_check(tmp_path: Path) -> None:
+    # `kubectl apply -k` renders through kustomize: check what it produces, not only the files.
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60, check=True
+    )
+    objects = parse_documents([built.stdout])
+    files = _objects(with_example_secret=False)
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in files
+    )
+    secret = parse_documents([(MANIFESTS / "secret.example.yaml").read_text()])
+    assert_deployable(objects + secret, tmp_path)
 
 
 def test_every_object_is_valid_against_the_kubernetes_schema() -> None:

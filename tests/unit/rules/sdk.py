@@ -30,7 +30,7 @@ class SdkApp:
         self._reader = InMemoryMetricReader(preferred_temporality=preferred)  # type: ignore[arg-type]
         self.resource = Resource.create(dict(resource))
         self.meters = MeterProvider(metric_readers=[self._reader], resource=self.resource)
-        self._logs = InMemoryLogRecordExporter()
+        self._logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
         self.loggers = LoggerProvider(resource=self.resource)
         self.loggers.add_log_record_processor(SimpleLogRecordProcessor(self._logs))
 

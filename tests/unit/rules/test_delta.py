@@ -120,8 +120,10 @@ def test_the_same_request_twice_bills_once() -> None:
     ids = [e.id for e in meter.last.events]
     assert meter.send(second) == []
     assert meter.last.cumulative == {"duplicate": 1}
-    assert meter.last.records == 1 and meter.last.unmatched == 0
-    assert first_time == [{"value": 15, "from": T0 + S, "to": T0 + 2 * S}] and len(ids) == 1
+    assert meter.last.records == 1
+    assert meter.last.unmatched == 0
+    assert first_time == [{"value": 15, "from": T0 + S, "to": T0 + 2 * S}]
+    assert len(ids) == 1
 
 
 def test_a_point_older_than_the_last_one_is_dropped_as_out_of_order() -> None:
@@ -172,7 +174,8 @@ def test_non_monotonic_cumulative_sums_pass_through_as_levels() -> None:
     meter = Meter()
     meter.send(request("sum", {"value": 10, "t": T0 + S}, monotonic=False))
     assert values(meter.send(request("sum", {"value": 7, "t": T0 + 2 * S}, monotonic=False))) == [7]
-    assert meter.last.cumulative == {} and meter.last.state_updates == {}
+    assert meter.last.cumulative == {}
+    assert meter.last.state_updates == {}
 
 
 # --- histograms ----------------------------------------------------------------------------------
@@ -239,7 +242,8 @@ def test_state_updates_are_keyed_under_the_delta_prefix() -> None:
     keys = set(meter.last.state_updates)
     assert FIRST_START_KEY in keys
     (stream,) = keys - {FIRST_START_KEY}
-    assert stream.startswith(KEY_PREFIX) and len(stream) == len(KEY_PREFIX) + 16
+    assert stream.startswith(KEY_PREFIX)
+    assert len(stream) == len(KEY_PREFIX) + 16
     assert StreamState.decode(meter.db[stream]) == StreamState(T0, T0 + S, 10)
     meter.send(request("sum", {"value": 11, "t": T0 + 2 * S}))
     assert set(meter.last.state_updates) == {stream}  # the first start is written once
@@ -310,11 +314,13 @@ def test_delta_points_pass_through_untouched() -> None:
         0
     ].sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
     result = rules.map_metrics(req, RECEIVED)
-    assert [e["data"]["value"] for e in events(result)] == [10] and result.cumulative == {}
+    assert [e["data"]["value"] for e in events(result)] == [10]
+    assert result.cumulative == {}
 
 
 def test_a_rejected_delta_is_dead_lettered_as_a_delta_that_replays_to_the_same_event() -> None:
-    broken = {**USAGE, "event": {**USAGE["event"], "subject": {"path": "attributes.tenant"}}}
+    event: dict[str, Any] = {**USAGE["event"], "subject": {"path": "attributes.tenant"}}  # type: ignore[dict-item]
+    broken = {**USAGE, "event": event}
     first, second = request("sum", {"value": 10, "t": T0 + S}), request("sum", {"value": 25, "t": T0 + 2 * S})
 
     meter = Meter()

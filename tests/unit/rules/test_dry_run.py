@@ -116,8 +116,17 @@ def test_json_lines_of_cumulative_exports_show_their_deltas(
     assert report["summary"]["cumulative"] == {"first_kept": 1, "converted": 1}
 
     later = str(time.time_ns() + 3600 * 10**9)  # the collector "first started" after the app
-    args = ("--pack", "genai", "--initial-value", "auto", "--now", later, "--input", str(tmp_path / "m.jsonl"))
-    code, report = run_json(capsys, *args)
+    code, report = run_json(
+        capsys,
+        "--pack",
+        "genai",
+        "--initial-value",
+        "auto",
+        "--now",
+        later,
+        "--input",
+        str(tmp_path / "m.jsonl"),
+    )
     assert [e["data"]["tokens"] for e in report["events"]] == [50]  # the stream began before --now
 
 
@@ -126,9 +135,12 @@ def test_table_report_for_people(tmp_path: Path, rules: Path, capsys: pytest.Cap
         main(["rules", "test", "--rules", str(rules), "--input", str(logs_file(tmp_path)), "--now", NOW]) == 1
     )
     out = capsys.readouterr().out
-    assert "EVENTS (1)" in out and "UNMATCHED (1)" in out and "REJECTED (1)" in out
+    assert "EVENTS (1)" in out
+    assert "UNMATCHED (1)" in out
+    assert "REJECTED (1)" in out
     assert "tokens: data.tokens: cannot convert 'many' to int" in out
-    assert "  TIME " in out and '{"tokens":12}' in out
+    assert "  TIME " in out
+    assert '{"tokens":12}' in out
 
 
 def test_invalid_rules_exit_2_with_the_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

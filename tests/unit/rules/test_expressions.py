@@ -174,7 +174,8 @@ def test_histogram_and_summary_points_expose_their_fields() -> None:
         "bucket_counts": [1, 2],
         "explicit_bounds": [2.0],
     }
-    assert summary["quantiles"] == [{"quantile": 0.5, "value": 2.0}] and summary["value"] == 4.0
+    assert summary["quantiles"] == [{"quantile": 0.5, "value": 2.0}]
+    assert summary["value"] == 4.0
 
 
 # --- load-time checks ----------------------------------------------------------------------------

@@ -83,7 +83,11 @@ def test_token_usage_histogram_with_delta_temporality_passes_through() -> None:
 def test_logs_and_metrics_report_the_same_tokens_as_the_same_events() -> None:
     app = SdkApp({"service.name": "chat-api", "customer.id": "acme"})
     collector = Collector("genai")
-    attributes = {**CHAT, "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 350}
+    attributes: dict[str, Any] = {
+        **CHAT,
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 350,
+    }
     app.loggers.get_logger("opentelemetry.instrumentation.openai_v2").emit(
         event_name="gen_ai.client.inference.operation.details", attributes=attributes
     )

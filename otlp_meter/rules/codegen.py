@@ -1,0 +1,209 @@
+"""Compiled rules as straight-line Python: one ``match`` and one ``build`` function per rule.
+
+A rule's conditions and fields are known when the rules load, so instead of looping over lists
+of closures per record (a tuple unpack, a call and a branch per field), each rule gets two
+functions written out for it and compiled once with ``exec``. The common path — one key of the
+record's attributes — is inlined as a dict lookup; everything else calls the getter ``paths.py``
+compiled. This is what makes a typical rule cost microseconds, not tens of them.
+
+Safety: nothing from a rule file is ever pasted into the generated source. Every key, literal,
+getter and message is passed in the namespace under a generated name (``K3``, ``G3``, ``R3``...);
+the source only contains those names, fixed keywords and integers. ``source_of`` returns the
+source of a generated function, for debugging.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from otlp_meter.events import EncodedEvent
+from otlp_meter.rules.views import RecordView, any_value, index
+
+Getter = Callable[[RecordView], Any]
+Convert = Callable[[Any], Any]
+Missing = Literal["default", "call", "omit", "skip", "reject"]
+Test = Literal["exists", "absent", "equals_text", "equals_bool", "call"]
+
+_counter = itertools.count()
+
+
+class Rejected(Exception):
+    """A matched record cannot become an event; ``reason`` says which field and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Where a value comes from: one record attribute (``attr``, inlined), a getter, or a literal."""
+
+    attr: str | None = None
+    get: Getter | None = None
+    literal: Any = None
+    is_literal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """One event field: read, then ``convert`` a value, or on no value do ``missing`` with ``fallback``
+    (the default, a getter to call, or the rejection reason)."""
+
+    label: str
+    read: Read
+    convert: Convert | None
+    missing: Missing
+    fallback: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionPlan:
+    """One condition: read, then ``test`` (``call``: ``arg(value)``; ``equals_*``: ``== arg``)."""
+
+    read: Read
+    test: Test
+    arg: Any = None
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {"KV": KeyValue, "index": index, "any_value": any_value}
+        self.uses_attrs = False
+
+    def name(self, prefix: str, value: Any) -> str:
+        name = f"{prefix}{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def read(self, read: Read, target: str, indent: str) -> None:
+        """Lines that put the value of ``read`` (None for no value) into ``target``."""
+        if read.is_literal:
+            self.lines.append(f"{indent}{target} = {self.name('L', read.literal)}")
+        elif read.attr is not None:
+            self.uses_attrs = True
+            key = self.name("K", read.attr)
+            self.lines += [
+                f"{indent}{target} = d.get({key})",
+                f"{indent}if {target}.__class__ is KV:",
+                f"{indent}    {target} = d[{key}] = any_value({target}.value)",
+            ]
+        else:
+            self.lines.append(f"{indent}{target} = {self.name('G', read.get)}(v)")
+
+    def function(self, name: str, body: list[str]) -> Callable[..., Any]:
+        head = [f"def {name}(v):"]
+        if self.uses_attrs:  # the record's attribute index, built once per record for every rule
+            head += ["    d = v.attrs", "    if d is None:", "        d = v.attrs = index(v.kvs)"]
+        source = "\n".join(head + body) + "\n"
+        filename = f"<rule {name} #{next(_counter)}>"
+        exec(compile(source, filename, "exec"), self.names)  # names only; see the module docstring
+        function: Callable[..., Any] = self.names[name]
+        function.__otlp_meter_source__ = source  # type: ignore[attr-defined]
+        return function
+
+
+def source_of(function: Callable[..., Any]) -> str:
+    """The generated source of a ``match`` or ``build`` function."""
+    return str(getattr(function, "__otlp_meter_source__", ""))
+
+
+def match_function(
+    conditions: Sequence[ConditionPlan], expression: Callable[[RecordView], bool] | None
+) -> Callable[[RecordView], bool]:
+    """``match(view) -> bool``: every condition in order, then the expression (which may raise)."""
+    w = _Writer()
+    body: list[str] = []
+    for plan in conditions:
+        start = len(w.lines)
+        w.read(plan.read, "x", "    ")
+        if plan.test == "exists":
+            w.lines.append("    if x is None: return False")
+        elif plan.test == "absent":
+            w.lines.append("    if x is not None: return False")
+        elif plan.test == "equals_text":
+            w.lines.append(f"    if x.__class__ is not str or x != {w.name('E', plan.arg)}: return False")
+        elif plan.test == "equals_bool":
+            w.lines.append(f"    if x is not {w.name('E', plan.arg)}: return False")
+        else:
+            w.lines.append(f"    if not {w.name('T', plan.arg)}(x): return False")
+        body += w.lines[start:]
+    if expression is not None:
+        body.append(f"    return {w.name('X', expression)}(v)")
+    else:
+        body.append("    return True")
+    return w.function("match", body)
+
+
+def build_function(
+    head: Sequence[FieldPlan],
+    base: FieldPlan | None,
+    data: Sequence[tuple[str, FieldPlan]],
+    event_id: FieldPlan,
+) -> Callable[[RecordView], EncodedEvent | None]:
+    """``build(view)``: the encoded event, None (an ``optional`` type/subject had no value), or
+    :class:`Rejected`. ``head`` is type, subject, source, time."""
+    w = _Writer()
+    labels: list[str] = []
+    body = ["    at = 0", "    try:"]
+
+    def field(plan: FieldPlan, target: str, data_key: str | None = None) -> None:
+        start = len(w.lines)
+        w.lines.append(f"        at = {len(labels)}")
+        labels.append(plan.label)
+        w.read(plan.read, "x", "        ")
+        store = f"data[{w.name('D', data_key)}] = x" if data_key is not None else f"{target} = x"
+        if plan.read.is_literal:
+            w.lines.append(f"        {store}")
+            body.extend(w.lines[start:])
+            return
+        convert = f"x = {w.name('C', plan.convert)}(x)" if plan.convert is not None else "pass"
+        if plan.missing == "omit":
+            w.lines += ["        if x is not None:", f"            {convert}", f"            {store}"]
+            body.extend(w.lines[start:])
+            return
+        if plan.missing == "default":
+            on_missing = f"x = {w.name('F', plan.fallback)}"
+        elif plan.missing == "call":
+            on_missing = f"x = {w.name('G', plan.fallback)}(v)"
+        elif plan.missing == "skip":
+            on_missing = "return None"
+        else:
+            on_missing = f"raise Rejected({w.name('R', plan.fallback)})"
+        w.lines += ["        if x is None:", f"            {on_missing}"]
+        if plan.convert is not None:
+            w.lines += ["        else:", f"            {convert}"]
+        w.lines.append(f"        {store}")
+        body.extend(w.lines[start:])
+
+    for plan, target in zip(head, ("type_", "subject", "source", "time"), strict=True):
+        field(plan, target)
+    if base is not None:
+        body.append("        data = None")
+        field(base, "data")
+        body.append("        data = {} if data is None else dict(data)")
+    else:
+        body.append("        data = {}")
+    for key, plan in data:
+        field(plan, "", key)
+    field(event_id, "event_id")
+    w.names.update(Rejected=Rejected, dumps=orjson.dumps, JSONError=orjson.JSONEncodeError)
+    w.names.update(LABELS=tuple(labels), new=tuple.__new__, EncodedEvent=EncodedEvent)
+    body += [
+        "    except ValueError as exc:",
+        '        raise Rejected(f"{LABELS[at]}: {exc}") from None',
+        "    try:",
+        '        payload = dumps({"specversion": "1.0", "id": event_id, "source": source, "type": type_,'
+        ' "subject": subject, "time": time, "data": data})',
+        "    except (JSONError, TypeError) as exc:",
+        '        raise Rejected(f"data: cannot encode as JSON: {exc}") from None',
+        "    return new(EncodedEvent, (source, event_id, payload))",
+    ]
+    return w.function("build", body)
