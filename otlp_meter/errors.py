@@ -72,7 +72,12 @@ def event_path(index: int | None, field: str) -> str:
 
 
 class LimitExceededError(PermanentError):
-    """A record exceeds a configured attribute limit (count per record or size of one value)."""
+    """A record exceeds a configured attribute limit; ``limit`` names it (``attributes``,
+    ``attribute_value``) for the metrics."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class AuthenticationError(PermanentError):

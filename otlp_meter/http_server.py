@@ -289,6 +289,11 @@ async def respond(
     await send({"type": "http.response.body", "body": body})
 
 
+def media_type(content_type: str | None) -> str:
+    """``"application/json; charset=utf-8"`` → ``"application/json"``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case bytes), decoded as latin-1."""
     for key, value in scope.get("headers", ()):

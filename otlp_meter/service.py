@@ -20,12 +20,16 @@ from otlp_meter.exporters.delivery import Exporter
 from otlp_meter.exporters.file import FileSink
 from otlp_meter.exporters.openmeter import OpenMeterSink
 from otlp_meter.exporters.sink import Sink
-from otlp_meter.http_server import HttpServer
+from otlp_meter.http_server import HttpServer, ServerLimits
 from otlp_meter.pipeline import Pipeline
 from otlp_meter.queue.lmdb_queue import LmdbQueue
+from otlp_meter.receivers.auth import Authenticator, TokenSet
+from otlp_meter.receivers.config import AuthConfig, TlsConfig
 from otlp_meter.receivers.core import ReceiverCore
+from otlp_meter.receivers.events_api import events_api_app
 from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver
 from otlp_meter.receivers.otlp_http import otlp_http_app
+from otlp_meter.receivers.tls import ServerTls
 from otlp_meter.rules.engine import RulesEngine
 from otlp_meter.telemetry.logging import get_logger
 from otlp_meter.telemetry.metrics import Metrics, QueueGauges
@@ -53,12 +57,34 @@ class Service:
         self.queue = LmdbQueue(config.queue, on_append=self._on_append)
         self.exporter: Exporter | None = None
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
-        self.core = ReceiverCore(self.pipeline, self.metrics)
+        self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)
         self._stopping = False
         self._started = False
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: HttpServer | None = None
-        self.telemetry = HttpServer(telemetry_app(self.metrics, self.readiness), config.telemetry.endpoint)
+        self.events: HttpServer | None = None
+        # Token files and certificates are read now: a missing one is a config error at startup.
+        self._ingest_tokens = self._tokens(config.receivers.auth, "receivers.auth")
+        telemetry = config.telemetry
+        self.telemetry = HttpServer(
+            telemetry_app(self.metrics, self.readiness, self._auth("telemetry", telemetry.auth)),
+            telemetry.endpoint,
+            tls=self._tls(telemetry.tls, "telemetry", "telemetry.tls"),
+            name="telemetry",
+            metrics=self.metrics,
+        )
+
+    @staticmethod
+    def _tokens(config: AuthConfig, key: str) -> TokenSet | None:
+        return TokenSet(config, config_key=key) if config.enabled else None
+
+    def _auth(self, receiver: str, config: AuthConfig | None = None) -> Authenticator | None:
+        """An authenticator for one receiver: the ingest tokens, or those of ``config``."""
+        tokens = self._ingest_tokens if config is None else self._tokens(config, "telemetry.auth")
+        return Authenticator(tokens, self.metrics, receiver) if tokens is not None else None
+
+    def _tls(self, config: TlsConfig, server: str, key: str) -> ServerTls | None:
+        return ServerTls(config, server, self.metrics, config_key=key) if config.enabled else None
 
     def _on_append(self) -> None:
         if self.exporter is not None:
@@ -93,17 +119,35 @@ class Service:
         self.metrics.observe_queue(self._queue_gauges)
         self.exporter = Exporter(self.queue, build_sink(self.target, cfg), cfg.exporter, self.metrics)
         await self.telemetry.start()
-        otlp = cfg.receivers.otlp
+        otlp, events = cfg.receivers.otlp, cfg.receivers.events_api
         if otlp.grpc.enabled:
-            self.grpc = OtlpGrpcReceiver(otlp.grpc, self.core)
+            tls = self._tls(otlp.grpc.tls, "otlp_grpc", "receivers.otlp.grpc.tls")
+            self.grpc = OtlpGrpcReceiver(otlp.grpc, self.core, self._auth("otlp_grpc"), tls)
             await self.grpc.start()
         if otlp.http.enabled:
             self.http = HttpServer(
-                otlp_http_app(otlp.http, self.core),
+                otlp_http_app(otlp.http, self.core, self._auth("otlp_http")),
                 otlp.http.endpoint,
                 graceful_timeout=cfg.service.shutdown_timeout,
+                limits=ServerLimits.of(otlp.http),
+                tls=self._tls(otlp.http.tls, "otlp_http", "receivers.otlp.http.tls"),
+                name="otlp_http",
+                metrics=self.metrics,
             )
             await self.http.start()
+        if events.enabled:
+            # Events bound for Konnect (v3) are checked as v3 on every path: acked means deliverable.
+            strict = self.target.kind == "openmeter" and self.target.api == "v3"
+            self.events = HttpServer(
+                events_api_app(events, self.core, auth=self._auth("events_api"), strict=strict),
+                events.endpoint,
+                graceful_timeout=cfg.service.shutdown_timeout,
+                limits=ServerLimits.of(events),
+                tls=self._tls(events.tls, "events_api", "receivers.events_api.tls"),
+                name="events_api",
+                metrics=self.metrics,
+            )
+            await self.events.start()
         self.exporter.start()
         self._started = True
         stats = self.queue.stats()
@@ -112,7 +156,10 @@ class Service:
             version=__version__,
             otlp_grpc=otlp.grpc.endpoint if otlp.grpc.enabled else None,
             otlp_http=otlp.http.endpoint if otlp.http.enabled else None,
+            events_api=events.endpoint if events.enabled else None,
             telemetry=cfg.telemetry.endpoint,
+            ingest_auth="bearer token" if self._ingest_tokens is not None else "none",
+            tls=[name for name, tls in self._tls_settings() if tls.enabled],
             queue_directory=str(cfg.queue.directory),
             queued_events=stats.depth,
             dead_letters=stats.dead_letters,
@@ -126,6 +173,15 @@ class Service:
                 hint="set OPENMETER_TOKEN (Konnect) or OPENMETER_URL (self-hosted) to send to OpenMeter",
             )
 
+    def _tls_settings(self) -> list[tuple[str, TlsConfig]]:
+        r = self.config.receivers
+        return [
+            ("otlp_grpc", r.otlp.grpc.tls),
+            ("otlp_http", r.otlp.http.tls),
+            ("events_api", r.events_api.tls),
+            ("telemetry", self.config.telemetry.tls),
+        ]
+
     async def stop(self) -> None:
         deadline = time.monotonic() + self.config.service.shutdown_timeout
         self._stopping = True
@@ -136,6 +192,8 @@ class Service:
             receivers.append(self.grpc.stop(grace))
         if self.http is not None:
             receivers.append(self.http.stop())
+        if self.events is not None:
+            receivers.append(self.events.stop())
         await asyncio.gather(*receivers)
         self.pipeline.close_intake()
         if self.exporter is not None:
@@ -161,6 +219,8 @@ class Service:
             await self.grpc.stop(0)
         if self.http is not None:
             await self.http.stop()
+        if self.events is not None:
+            await self.events.stop()
         await self.telemetry.stop()
         if self.exporter is not None:
             await self.exporter.stop(0)

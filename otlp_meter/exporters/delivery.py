@@ -34,6 +34,9 @@ MIN_BATCH_BYTES = 64 * 1024
 # The queue counted events that it could not lease (a corrupt record being moved aside): look again
 # after this long instead of spinning.
 _RECHECK_INTERVAL = 0.05
+# Appends in this process wake the exporter; a replay by `otlp-meter dlq replay` (another process)
+# cannot, so an idle exporter also looks at the queue's committed depth this often.
+_IDLE_RECHECK_INTERVAL = 1.0
 
 
 class Stopping(Exception):
@@ -143,11 +146,10 @@ class Exporter:
         first_seen: float | None = None
         while not self._stop.is_set():
             self._wake.clear()
-            stats = self._queue.stats()
-            available = stats.depth - stats.leased
+            available = self._queue.available()
             if available <= 0:
                 first_seen = None
-                await self._wait_wake(None)
+                await self._wait_wake(_IDLE_RECHECK_INTERVAL)
                 continue
             now = loop.time()
             first_seen = now if first_seen is None else first_seen

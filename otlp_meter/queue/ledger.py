@@ -22,8 +22,10 @@ SCHEMA_VERSION = b"1"
 
 _SCHEMA_KEY = b"schema_version"
 _COUNTERS_KEY = b"counters"
-_COUNTERS = struct.Struct(">6Q")
+_COUNTERS = struct.Struct(">17Q")
+_COUNTERS_V0 = struct.Struct(">6Q")  # before the accounting totals: depth … next_dead_seq only
 _MAX_DBS = 8
+_DB_NAMES = (b"events", b"dedupe", b"dedupe_expiry", b"dead", b"corrupt", b"state", b"meta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,14 @@ class Handles:
 
 @dataclass(slots=True)
 class Counters:
-    """Persisted in ``meta`` in every write transaction, so they are exact after any crash and
-    reopening a queue of millions of events reads one key instead of scanning."""
+    """Persisted in ``meta`` by every write transaction that changes them, so they are exact after
+    any crash and reopening a queue of millions of events reads one key instead of scanning.
+
+    Every writer reads them back inside its own write transaction (LMDB serializes writers, also
+    across processes), so an admin command writing next to the running service cannot make either
+    one's view stale. The first six describe the store; the rest are totals since the queue was
+    created, the accounting an operator checks (see :class:`~otlp_meter.queue.types.Accounting`).
+    """
 
     depth: int = 0
     size: int = 0
@@ -61,15 +69,33 @@ class Counters:
     dead_size: int = 0
     next_seq: int = 1
     next_dead_seq: int = 1
+    accepted: int = 0
+    deduplicated: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    corrupt: int = 0
+    replayed: int = 0
+    records_rejected: int = 0
+    dead_replayed: int = 0
+    dead_purged: int = 0
+    dedupe_expired: int = 0
+    dedupe_evicted: int = 0
 
     def pack(self) -> bytes:
-        return _COUNTERS.pack(
-            self.depth, self.size, self.dead_count, self.dead_size, self.next_seq, self.next_dead_seq
-        )
+        return _COUNTERS.pack(*(getattr(self, name) for name in self.__slots__))
 
     @classmethod
-    def unpack(cls, raw: bytes) -> Counters:
-        return cls(*_COUNTERS.unpack(raw))
+    def unpack(cls, raw: bytes) -> Counters | None:
+        """The counters, or None when ``raw`` is no layout this version knows."""
+        if len(raw) == _COUNTERS.size:
+            return cls(*_COUNTERS.unpack(raw))
+        if len(raw) == _COUNTERS_V0.size:
+            # Written before the totals existed: count what is stored as accepted (events) and
+            # rejected (dead letters), so the accounting identities hold from here on.
+            old = cls(*_COUNTERS_V0.unpack(raw))
+            old.accepted, old.records_rejected = old.depth, old.dead_count
+            return old
+        return None
 
     def copy(self) -> Counters:
         return replace(self)
@@ -86,6 +112,7 @@ class Ledger:
     """
 
     counters: Counters
+    """The last counters this process committed or read (the writer re-reads them per transaction)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     leased: set[int] = field(default_factory=set)
     released: list[int] = field(default_factory=list)
@@ -96,10 +123,18 @@ class Ledger:
     expired_dedupe_total: int = 0
     evicted_dedupe_total: int = 0
     commits_total: int = 0
+    full_at_size: int | None = None
+    """Queue bytes when an append was last refused for lack of space; None once one commits again."""
 
 
-def open_environment(path: Path, map_size: int, sync: bool) -> Handles:
-    """Open (creating if needed) the environment and its databases; check the schema version."""
+def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = False) -> Handles:
+    """Open (creating if needed) the environment and its databases; check the schema version.
+
+    ``readonly`` opens an existing queue for reading only (``queue stats``, ``dlq list``), next
+    to a running service: it creates nothing and raises StorageError if there is no queue.
+    """
+    if readonly and not (path / "data.mdb").is_file():
+        raise StorageError(f"there is no queue at {path} (nothing was ever stored there)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -115,26 +150,18 @@ def open_environment(path: Path, map_size: int, sync: bool) -> Handles:
             readahead=False,  # random reads of a working set; readahead only evicts the page cache
             max_readers=126,
             lock=True,
+            readonly=readonly,
         )
     except lmdb.Error as exc:
         raise StorageError(f"cannot open the queue at {path}: {exc}") from exc
     try:
         env.reader_check()  # free reader slots of dead processes, which would pin old pages
-        with env.begin(write=True) as txn:
-            handles = Handles(
-                env=env,
-                events=env.open_db(b"events", txn=txn),
-                dedupe=env.open_db(b"dedupe", txn=txn),
-                expiry=env.open_db(b"dedupe_expiry", txn=txn),
-                dead=env.open_db(b"dead", txn=txn),
-                corrupt=env.open_db(b"corrupt", txn=txn),
-                state=env.open_db(b"state", txn=txn),
-                meta=env.open_db(b"meta", txn=txn),
-            )
+        with env.begin(write=not readonly) as txn:
+            handles = Handles(env, *(env.open_db(name, txn=txn, create=not readonly) for name in _DB_NAMES))
             version = txn.get(_SCHEMA_KEY, db=handles.meta)
-            if version is None:
+            if version is None and not readonly:
                 txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)
-            elif version != SCHEMA_VERSION:
+            elif version is not None and version != SCHEMA_VERSION:
                 raise StorageError(
                     f"the queue at {path} has schema version {version.decode(errors='replace')}; this "
                     f"otlp-meter understands {SCHEMA_VERSION.decode()} (was it written by a newer one?)",
@@ -156,8 +183,9 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
     than this module; then the byte totals are recomputed by a scan (slow, but right).
     """
     raw = txn.get(_COUNTERS_KEY, db=h.meta)
-    counters = Counters.unpack(raw) if raw is not None and len(raw) == _COUNTERS.size else Counters()
-    repaired = raw is None or len(raw) != _COUNTERS.size
+    stored = Counters.unpack(raw) if raw is not None else None
+    counters = stored if stored is not None else Counters()
+    repaired = stored is None or len(raw or b"") != _COUNTERS.size
     if counters.depth != txn.stat(h.events)["entries"]:
         counters.depth, counters.size = _scan_sizes(txn, h.events)
         repaired = True
@@ -176,8 +204,27 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
     return counters, repaired
 
 
+def read_counters(txn: lmdb.Transaction[bytes], h: Handles) -> Counters | None:
+    """The counters as committed, or None when missing or unreadable (then use the last known)."""
+    raw = txn.get(_COUNTERS_KEY, db=h.meta)
+    return Counters.unpack(raw) if raw is not None else None
+
+
 def store_counters(txn: lmdb.Transaction[bytes], h: Handles, counters: Counters) -> None:
     txn.put(_COUNTERS_KEY, counters.pack(), db=h.meta)
+
+
+def storage_used_bytes(txn: lmdb.Transaction[bytes], h: Handles) -> int:
+    """Bytes of pages the databases occupy now (reachable B-tree pages, not the free list).
+
+    The map is sparse address space; this is what counts against ``map_size``. It leaves out
+    LMDB's free-list tree and the main database (a few pages), which the headroom covers.
+    """
+    pages = 2  # the two meta pages
+    for db in (h.events, h.dedupe, h.expiry, h.dead, h.corrupt, h.state, h.meta):
+        stat = txn.stat(db)
+        pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+    return pages * int(h.env.stat()["psize"])
 
 
 def _scan_sizes(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> tuple[int, int]:

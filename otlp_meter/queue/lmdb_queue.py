@@ -14,6 +14,10 @@
 * Writes go through :mod:`otlp_meter.queue.writer` (one thread, one transaction per group); reads
   (``lease``, ``stats``, ``get_state``, ``list_dead``) use short read-only transactions on the
   calling thread. Undecodable records are moved aside to ``corrupt`` and counted, never crashed on.
+* Other processes may read and write the same environment (the admin commands): LMDB serializes
+  writers across processes, the counters are re-read inside every write transaction and by
+  ``stats``, and the owner lock (:mod:`otlp_meter.queue.lock`) keeps a second *exporting* process
+  out. An event appended by another process is leased like any other.
 
 The environment lives in ``<directory>/queue/`` (see :class:`~otlp_meter.queue.config.QueueConfig`).
 """
@@ -31,15 +35,46 @@ import lmdb
 
 from otlp_meter.errors import ShuttingDownError, StorageError
 from otlp_meter.events import EncodedEvent, Rejection
-from otlp_meter.queue import codec
+from otlp_meter.queue import reads
 from otlp_meter.queue.config import QueueConfig
-from otlp_meter.queue.ledger import Counters, Handles, Ledger, load_counters, open_environment, store_counters
-from otlp_meter.queue.ops import AckOp, AppendOp, DeadLetterOp, Op, PruneOp, PurgeDeadOp, QuarantineOp
-from otlp_meter.queue.types import AppendResult, DeadLetterEntry, LeasedEvent, QueueStats
+from otlp_meter.queue.leases import take_fresh, take_released
+from otlp_meter.queue.ledger import (
+    Counters,
+    Handles,
+    Ledger,
+    load_counters,
+    open_environment,
+    read_counters,
+    storage_used_bytes,
+    store_counters,
+)
+from otlp_meter.queue.lock import OwnerLock
+from otlp_meter.queue.ops import (
+    AckOp,
+    AppendOp,
+    DeadLetterOp,
+    Op,
+    PruneOp,
+    PurgeDeadOp,
+    QuarantineOp,
+    ReplayOp,
+)
+from otlp_meter.queue.types import (
+    Accounting,
+    AppendResult,
+    DeadLetterEntry,
+    LeasedEvent,
+    QueueStats,
+    ReplayItem,
+    ReplayResult,
+)
 from otlp_meter.queue.writer import PRUNE_BATCH, Writer
 from otlp_meter.telemetry.logging import get_logger
 
 __all__ = ["AppendResult", "DeadLetterEntry", "LeasedEvent", "LmdbQueue", "QueueStats"]
+
+_FULL_UNTIL_DRAINED = 0.9
+"""After a refusal for lack of space, ``full`` holds until the bytes fall below this fraction."""
 
 log = get_logger("queue")
 
@@ -66,35 +101,61 @@ class LmdbQueue:
         self._handles: Handles | None = None
         self._writer: Writer | None = None
         self._ledger = Ledger(counters=Counters())
-        self._disk_stats: tuple[int, int, float | None] = (0, 0, None)
+        self._lock: OwnerLock | None = None
+        self._opened = False
+        self._last_stats: QueueStats | None = None
 
     @property
     def config(self) -> QueueConfig:
         return self._config
 
-    def open(self) -> None:
-        """Open or create the environment, check its schema, load the counters, start the writer."""
+    def open(self, *, owner: bool = True, readonly: bool = False) -> None:
+        """Open or create the environment, check its schema, load the counters, start the writer.
+
+        ``owner`` (the service) takes the owner lock first: StorageError if another process holds
+        it. Admin commands open with ``owner=False`` to write next to a running service, or
+        ``readonly=True`` to only read (no writer, nothing created; StorageError if no queue).
+        """
         if self._handles is not None:
             raise RuntimeError("the queue is already open")
-        handles = open_environment(self._config.path, self._config.effective_map_size(), self._config.sync)
+        path = self._config.path
+        if not readonly:
+            # Created owner-only: the queue holds billing data (and the directory may hold more).
+            # An existing directory keeps its mode: the operator (or a volume's fsGroup) chose it.
+            for directory in (self._config.directory, path):
+                with contextlib.suppress(OSError):  # open_environment reports what went wrong
+                    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = OwnerLock(path) if owner and not readonly else None
+        if lock is not None:
+            lock.acquire()
         try:
-            with handles.env.begin(write=True) as txn:
-                counters, repaired = load_counters(txn, handles)
-                if repaired:
-                    store_counters(txn, handles, counters)
-        except lmdb.Error as exc:
-            handles.env.close()
-            raise StorageError(f"cannot read the queue counters at {self._config.path}: {exc}") from exc
+            handles = open_environment(path, self._config.effective_map_size(), self._config.sync, readonly)
+            try:
+                with handles.env.begin(write=not readonly) as txn:
+                    counters, repaired = load_counters(txn, handles)
+                    if repaired and not readonly:
+                        store_counters(txn, handles, counters)
+            except lmdb.Error as exc:
+                handles.env.close()
+                raise StorageError(f"cannot read the queue counters at {path}: {exc}") from exc
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        self._lock = lock
         self._ledger = Ledger(counters=counters)
         self._handles = handles
-        self._writer = Writer(handles, self._config, self._ledger, self._clock, self._on_append)
-        self._writer.start()
+        self._opened = True
+        if not readonly:
+            self._writer = Writer(handles, self._config, self._ledger, self._clock, self._on_append)
+            self._writer.start()
         log.info(
             "queue_opened",
-            path=str(self._config.path),
+            path=str(path),
             events=counters.depth,
             bytes=counters.size,
             dead_letters=counters.dead_count,
+            readonly=readonly,
         )
 
     def close(self) -> None:
@@ -109,6 +170,9 @@ class LmdbQueue:
             handles, self._handles = self._handles, None
             if handles is not None:
                 handles.env.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     # -- writes (through the writer thread) --
 
@@ -158,6 +222,16 @@ class LmdbQueue:
         """Delete dead letters by sequence (all of them when ``seqs`` is None); returns how many."""
         return await self._submit(PurgeDeadOp(seqs=None if seqs is None else tuple(seqs)))
 
+    async def replay_dead(self, items: Sequence[ReplayItem]) -> ReplayResult:
+        """Take the dead letters of ``items`` out and append what each becomes, in one transaction.
+
+        Dead letters gone meanwhile are skipped (counted as ``missing``). Raises QueueFullError
+        when the events do not fit; then nothing changed.
+        """
+        if not items:
+            return ReplayResult(replayed=0, appended=0, deduplicated=0, rejected=0, missing=0)
+        return await self._submit(ReplayOp(items=tuple(items)))
+
     async def _submit(self, op: Op[T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -184,9 +258,9 @@ class LmdbQueue:
         with ledger.lock:
             h = self._require_handles()
             with h.env.begin(db=h.events) as txn:
-                size = self._lease_released(txn, out, max_events, max_bytes)
+                size = take_released(txn, ledger, out, max_events, max_bytes)
                 if size >= 0:
-                    self._lease_fresh(txn, out, corrupt, max_events, max_bytes, size)
+                    take_fresh(txn, ledger, out, corrupt, max_events, max_bytes, size)
             ledger.corrupt_total += len(corrupt)
             ledger.quarantining.update(key for key, _ in corrupt)
         if corrupt:
@@ -195,62 +269,6 @@ class LmdbQueue:
             with contextlib.suppress(ShuttingDownError):  # if closing: moved aside on the next run
                 self._require_writer().submit(QuarantineOp(keys=[key for key, _ in corrupt]))
         return out
-
-    def _lease_released(
-        self, txn: lmdb.Transaction[bytes], out: list[LeasedEvent], max_events: int, max_bytes: int
-    ) -> int:
-        """Re-lease released events; returns the payload bytes taken, or -1 if the batch is full."""
-        ledger = self._ledger
-        size = 0
-        while ledger.released and len(out) < max_events:
-            seq = ledger.released[0]
-            raw = txn.get(codec.seq_key(seq))
-            record = _decode_or_none(raw)
-            if record is None:  # acked or moved meanwhile
-                heapq.heappop(ledger.released)
-                continue
-            if out and size + len(record.payload) > max_bytes:
-                return -1
-            heapq.heappop(ledger.released)
-            ledger.leased.add(seq)
-            out.append(_leased(seq, record))
-            size += len(record.payload)
-        return size if len(out) < max_events else -1
-
-    def _lease_fresh(
-        self,
-        txn: lmdb.Transaction[bytes],
-        out: list[LeasedEvent],
-        corrupt: list[tuple[bytes, str]],
-        max_events: int,
-        max_bytes: int,
-        size: int,
-    ) -> None:
-        ledger = self._ledger
-        cursor = txn.cursor()
-        if not cursor.set_range(codec.seq_key(ledger.cursor)):
-            return
-        for key, raw in cursor:
-            if key in ledger.quarantining:
-                continue
-            if len(key) != 8:
-                corrupt.append((key, "key is not an 8-byte sequence number"))
-                continue
-            seq = codec.key_seq(key)
-            try:
-                record = codec.decode_event(raw)
-            except codec.CorruptRecordError as exc:
-                corrupt.append((key, str(exc)))
-                ledger.cursor = seq + 1
-                continue
-            if out and size + len(record.payload) > max_bytes:
-                return
-            ledger.leased.add(seq)
-            ledger.cursor = seq + 1
-            out.append(_leased(seq, record))
-            size += len(record.payload)
-            if len(out) >= max_events:
-                return
 
     def release(self, seqs: Sequence[int]) -> None:
         """Give leased events back unacknowledged; the next ``lease`` returns them first."""
@@ -263,37 +281,60 @@ class LmdbQueue:
 
     # -- reads --
 
-    def stats(self) -> QueueStats:
-        """A snapshot. Also answers when the queue is closed (last known values), for late scrapes."""
+    def available(self) -> int:
+        """Events stored and leased by nobody (cheap: one read of the committed counters)."""
         ledger = self._ledger
         with ledger.lock:
-            c = ledger.counters
-            if self._handles is not None:
-                h = self._handles
-                with h.env.begin() as txn:
-                    self._disk_stats = (
-                        txn.stat(h.dedupe)["entries"],
-                        txn.stat(h.corrupt)["entries"],
-                        _oldest_enqueued_at(txn, h),
-                    )
-            dedupe_keys, corrupt_records, oldest = self._disk_stats
-            return QueueStats(
-                depth=c.depth,
-                bytes=c.size,
-                capacity_bytes=self._config.max_bytes,
-                dead_letters=c.dead_count,
-                dead_bytes=c.dead_size,
-                dead_capacity_bytes=self._config.dead_letter_max_bytes,
-                oldest_enqueued_at=oldest,
-                leased=len(ledger.leased),
-                dedupe_keys=dedupe_keys,
-                corrupt_records=corrupt_records,
-                deduplicated_total=ledger.deduplicated_total,
-                corrupt_total=ledger.corrupt_total,
-                expired_dedupe_total=ledger.expired_dedupe_total,
-                evicted_dedupe_total=ledger.evicted_dedupe_total,
-                commits_total=ledger.commits_total,
-            )
+            h = self._require_handles()
+            with h.env.begin() as txn:
+                counters = read_counters(txn, h) or ledger.counters
+            return counters.depth - len(ledger.leased)
+
+    def stats(self) -> QueueStats:
+        """A snapshot read from disk. Also answers when the queue is closed (last known values)."""
+        ledger = self._ledger
+        with ledger.lock:
+            h = self._handles
+            if h is None:
+                return self._last_stats or self._snapshot(ledger.counters, 0, 0, None, 0)
+            with h.env.begin() as txn:
+                c = read_counters(txn, h) or ledger.counters
+                stats = self._snapshot(
+                    c,
+                    txn.stat(h.dedupe)["entries"],
+                    txn.stat(h.corrupt)["entries"],
+                    reads.oldest_enqueued_at(txn, h),
+                    storage_used_bytes(txn, h),
+                )
+            self._last_stats = stats
+            return stats
+
+    def _snapshot(
+        self, c: Counters, dedupe_keys: int, corrupt_records: int, oldest: float | None, used: int
+    ) -> QueueStats:
+        ledger = self._ledger  # the caller holds its lock
+        full_at = ledger.full_at_size
+        return QueueStats(
+            depth=c.depth,
+            bytes=c.size,
+            capacity_bytes=self._config.max_bytes,
+            dead_letters=c.dead_count,
+            dead_bytes=c.dead_size,
+            dead_capacity_bytes=self._config.dead_letter_max_bytes,
+            oldest_enqueued_at=oldest,
+            leased=len(ledger.leased),
+            dedupe_keys=dedupe_keys,
+            corrupt_records=corrupt_records,
+            deduplicated_total=ledger.deduplicated_total,
+            corrupt_total=ledger.corrupt_total,
+            expired_dedupe_total=ledger.expired_dedupe_total,
+            evicted_dedupe_total=ledger.evicted_dedupe_total,
+            commits_total=ledger.commits_total,
+            full=full_at is not None and (full_at == 0 or c.size > full_at * _FULL_UNTIL_DRAINED),
+            storage_used_bytes=used,
+            map_size=self._config.effective_map_size(),
+            accounting=_accounting(c) if self._opened else None,
+        )
 
     def get_state(self, key: bytes) -> bytes | None:
         """A caller's state value as last committed by ``append``, or None."""
@@ -304,21 +345,19 @@ class LmdbQueue:
 
     def list_dead(self, limit: int = 100, after: int = 0) -> list[DeadLetterEntry]:
         """Dead letters with a sequence above ``after``, oldest first (page with the last seq)."""
-        entries: list[DeadLetterEntry] = []
         if limit <= 0:
-            return entries
+            return []
         with self._ledger.lock:
             h = self._require_handles()
-            with h.env.begin(db=h.dead) as txn:
-                cursor = txn.cursor()
-                if not cursor.set_range(codec.seq_key(after + 1)):
-                    return entries
-                for key, raw in cursor:
-                    if len(key) == 8:
-                        entries.append(_dead_entry(codec.key_seq(key), raw))
-                    if len(entries) >= limit:
-                        break
-        return entries
+            with h.env.begin() as txn:
+                return reads.list_dead(txn, h, limit, after)
+
+    def last_dead_seq(self) -> int:
+        """The highest dead-letter sequence stored now (0: none); later dead letters are above it."""
+        with self._ledger.lock:
+            h = self._require_handles()
+            with h.env.begin() as txn:
+                return reads.last_dead_seq(txn, h)
 
     def _require_handles(self) -> Handles:
         if self._handles is None:
@@ -326,60 +365,17 @@ class LmdbQueue:
         return self._handles
 
 
-def _decode_or_none(raw: bytes | None) -> codec.QueuedRecord | None:
-    if raw is None:
-        return None
-    try:
-        return codec.decode_event(raw)
-    except codec.CorruptRecordError:
-        return None
-
-
-def _leased(seq: int, record: codec.QueuedRecord) -> LeasedEvent:
-    return LeasedEvent(
-        seq=seq,
-        source=record.source,
-        id=record.id,
-        payload=record.payload,
-        enqueued_at=record.enqueued_unix_nano / 1e9,
-    )
-
-
-def _oldest_enqueued_at(txn: lmdb.Transaction[bytes], h: Handles) -> float | None:
-    cursor = txn.cursor(db=h.events)
-    if not cursor.first():
-        return None
-    for tried, (_key, raw) in enumerate(cursor):
-        if tried >= 16:  # a run of corrupt records: not worth scanning further for a gauge
-            break
-        record = _decode_or_none(raw)
-        if record is not None:
-            return record.enqueued_unix_nano / 1e9
-    return None
-
-
-def _dead_entry(seq: int, raw: bytes) -> DeadLetterEntry:
-    try:
-        record = codec.decode_dead_letter(raw)
-    except codec.CorruptRecordError as exc:
-        return DeadLetterEntry(
-            seq=seq,
-            kind="corrupt",
-            reason=f"undecodable dead letter: {exc}",
-            payload=raw,
-            source="",
-            id="",
-            dead_at=0.0,
-            attempts=0,
-        )
-    return DeadLetterEntry(
-        seq=seq,
-        kind=record.kind,
-        reason=record.reason,
-        payload=record.payload,
-        source=record.source,
-        id=record.id,
-        dead_at=record.dead_unix_nano / 1e9,
-        attempts=record.attempts,
-        rule=record.rule,
+def _accounting(c: Counters) -> Accounting:
+    return Accounting(
+        accepted=c.accepted,
+        deduplicated=c.deduplicated,
+        delivered=c.delivered,
+        dead_lettered=c.dead_lettered,
+        corrupt=c.corrupt,
+        replayed=c.replayed,
+        records_rejected=c.records_rejected,
+        dead_replayed=c.dead_replayed,
+        dead_purged=c.dead_purged,
+        dedupe_expired=c.dedupe_expired,
+        dedupe_evicted=c.dedupe_evicted,
     )

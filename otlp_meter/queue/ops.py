@@ -3,7 +3,9 @@
 An operation first checks everything that can refuse it alone (byte limits, bad keys) without
 writing, raising :class:`Refused`; only then does it write. So a refused operation leaves no trace
 and the rest of its group commits, while an LMDB failure part-way through a write fails the whole
-group (the transaction is aborted, nothing of it is visible).
+group (the transaction is aborted, nothing of it is visible). Operations that only delete
+(``grows = False``) are then retried on their own, so deliveries are acknowledged even when the
+storage is full.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue import codec
-from otlp_meter.queue.types import AppendResult, LeasedEvent
-
-if TYPE_CHECKING:
-    from otlp_meter.queue.writer import Group
+from otlp_meter.queue.group import Group, Refused
+from otlp_meter.queue.types import AppendResult, LeasedEvent, ReplayItem, ReplayResult
 
 T = TypeVar("T")
 
@@ -26,17 +26,12 @@ MAX_REASON_CHARS = 16 * 1024
 """A destination's answer can be long; the dead letter keeps the start of it."""
 
 
-class Refused(Exception):
-    """Raised by :meth:`Op.apply` before writing anything: this operation fails with ``error`` alone."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 @dataclass(eq=False, slots=True, kw_only=True)
 class Op(Generic[T]):
     """One request to the writer; ``future`` (on ``loop``) receives the result, if anyone waits."""
+
+    grows: ClassVar[bool] = False
+    """True for operations that need new space (appends, moves); the others only free it."""
 
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[T] | None = None
@@ -51,6 +46,8 @@ class Op(Generic[T]):
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class AppendOp(Op[AppendResult]):
+    grows: ClassVar[bool] = True
+
     events: Sequence[EncodedEvent]
     rejected: Sequence[Rejection] = ()
     state: Mapping[bytes, bytes | None] = field(default_factory=dict)
@@ -103,6 +100,9 @@ class AppendOp(Op[AppendResult]):
             else:
                 g.txn.put(key, value, db=g.h.state)
         g.deduplicated += duplicates
+        g.counters.accepted += len(self.events)
+        g.counters.deduplicated += duplicates
+        g.counters.records_rejected += len(dead)
         if records and self.loop is not None:
             g.appended_loops.add(self.loop)
         return AppendResult(appended=len(records), deduplicated=duplicates, dead_lettered=len(dead))
@@ -114,11 +114,14 @@ class AckOp(Op[None]):
 
     def apply(self, g: Group) -> None:
         for seq in self.seqs:
-            g.delete_event(seq)
+            if g.delete_event(seq):
+                g.counters.delivered += 1
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class DeadLetterOp(Op[None]):
+    grows: ClassVar[bool] = True
+
     items: Sequence[tuple[LeasedEvent, str]]
 
     def cost(self) -> int:
@@ -144,6 +147,7 @@ class DeadLetterOp(Op[None]):
         for seq, record in moves.items():
             g.delete_event(seq)
             g.put_dead(record)
+        g.counters.dead_lettered += len(moves)
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -175,6 +179,7 @@ class QuarantineOp(Op[None]):
             g.txn.put(key, raw, db=g.h.corrupt)
             g.counters.depth -= 1
             g.counters.size -= len(raw)
+            g.counters.corrupt += 1
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -189,12 +194,83 @@ class PurgeDeadOp(Op[int]):
             g.txn.drop(g.h.dead, delete=False)
             g.counters.dead_count = 0
             g.counters.dead_size = 0
+            g.counters.dead_purged += count
             return count
-        purged = 0
-        for seq in set(self.seqs):
-            raw = g.txn.pop(codec.seq_key(seq), db=g.h.dead)
-            if raw is not None:
-                purged += 1
-                g.counters.dead_count -= 1
-                g.counters.dead_size -= len(raw)
+        purged = sum(1 for seq in set(self.seqs) if g.pop_dead(seq) is not None)
+        g.counters.dead_purged += purged
         return purged
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class ReplayOp(Op[ReplayResult]):
+    """Take dead letters out and put what they become (events, new dead letters) in, atomically.
+
+    A dead letter already gone (purged or replayed by another process meanwhile) is skipped, so
+    replaying twice at once cannot queue anything twice.
+    """
+
+    grows: ClassVar[bool] = True
+
+    items: Sequence[ReplayItem]
+
+    def cost(self) -> int:
+        return sum(
+            sum(len(e.payload) + 64 for e in item.events) + sum(len(r.original) + 64 for r in item.rejected)
+            for item in self.items
+        )
+
+    def apply(self, g: Group) -> ReplayResult:
+        present: dict[int, None] = {}  # ordered, and a seq listed twice is taken once
+        freed = offered = duplicates = 0
+        seen: set[bytes] = set()
+        records: list[tuple[bytes | None, bytes]] = []
+        dead: list[tuple[bytes | None, bytes]] = []
+        for item in self.items:
+            raw = g.txn.get(codec.seq_key(item.dead_seq), db=g.h.dead)
+            if raw is None or item.dead_seq in present:
+                continue
+            present[item.dead_seq] = None
+            freed += len(raw)
+            offered += len(item.events)
+            for event in item.events:
+                key = codec.event_dedupe_key(event.source, event.id) if g.dedupe else None
+                # A requeued event is its own earlier copy: the window remembers it, and must not
+                # drop the deliberate re-send.
+                if key is not None and not item.requeue and (key in seen or g.is_duplicate(key)):
+                    duplicates += 1
+                    continue
+                if key is not None:
+                    seen.add(key)
+                records.append((key, codec.encode_event(event, g.now_ns)))
+            for rejection in item.rejected:
+                key = codec.rejection_dedupe_key(rejection) if g.dedupe else None
+                letter = codec.dead_record_for_rejection(rejection, g.now_ns)
+                dead.append((key, codec.encode_dead_letter(letter)))
+
+        g.check_room(sum(len(r) for _, r in records), max(0, sum(len(r) for _, r in dead) - freed))
+        for seq in present:
+            g.pop_dead(seq)
+        for key, record in records:
+            g.put_event(record)
+            if key is not None:
+                g.remember(key)
+        for key, record in dead:
+            g.put_dead(record)
+            if key is not None:
+                g.remember(key)
+        c = g.counters
+        c.accepted += offered
+        c.replayed += offered
+        c.deduplicated += duplicates
+        c.dead_replayed += len(present)
+        c.records_rejected += len(dead)
+        g.deduplicated += duplicates
+        if records and self.loop is not None:
+            g.appended_loops.add(self.loop)
+        return ReplayResult(
+            replayed=len(present),
+            appended=len(records),
+            deduplicated=duplicates,
+            rejected=len(dead),
+            missing=len(self.items) - len(present),
+        )

@@ -22,10 +22,10 @@ from typing import Any, Final
 import lmdb
 
 from otlp_meter.errors import QueueFullError, ShuttingDownError, StorageError
-from otlp_meter.queue import codec
 from otlp_meter.queue.config import QueueConfig
-from otlp_meter.queue.ledger import Counters, Handles, Ledger, store_counters
-from otlp_meter.queue.ops import Op, PruneOp, Refused
+from otlp_meter.queue.group import Group, Refused
+from otlp_meter.queue.ledger import Handles, Ledger, read_counters
+from otlp_meter.queue.ops import AppendOp, Op, PruneOp
 from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("queue")
@@ -40,125 +40,6 @@ PRUNE_BATCH = 10_000
 """Dedupe keys forgotten per transaction, so pruning never holds up appends for long."""
 
 _STOP: Final = object()
-
-
-class Group:
-    """One write transaction shared by a group of operations, and what they changed."""
-
-    def __init__(
-        self, txn: lmdb.Transaction[bytes], h: Handles, config: QueueConfig, counters: Counters, now: float
-    ) -> None:
-        self.txn = txn
-        self.h = h
-        self.config = config
-        self.counters = counters
-        self._initial = counters.copy()
-        self.now_ns = int(now * 1e9)
-        self.dedupe = config.dedupe_enabled
-        self.dedupe_expiry_ns = self.now_ns + int(config.dedupe_window * 1e9)
-        self.max_key_size = h.env.max_key_size()
-        self.deduplicated = 0
-        self.expired = 0
-        self.evicted = 0
-        self.removed_seqs: list[int] = []
-        self.quarantined: list[bytes] = []
-        self.appended_loops: set[asyncio.AbstractEventLoop] = set()
-
-    # -- checks (no writes) --
-
-    def is_duplicate(self, key: bytes) -> bool:
-        value = self.txn.get(key, db=self.h.dedupe)
-        return value is not None and codec.decode_expiry(value) > self.now_ns
-
-    def check_room(self, event_bytes: int, dead_bytes: int) -> None:
-        if event_bytes and self.counters.size + event_bytes > self.config.max_bytes:
-            raise Refused(
-                QueueFullError(
-                    f"queue full: {self.counters.size} of {self.config.max_bytes} bytes used, "
-                    f"{event_bytes} more needed"
-                )
-            )
-        if dead_bytes and self.counters.dead_size + dead_bytes > self.config.dead_letter_max_bytes:
-            raise Refused(
-                QueueFullError(
-                    f"dead-letter store full: {self.counters.dead_size} of "
-                    f"{self.config.dead_letter_max_bytes} bytes used; inspect and purge it",
-                    retry_after=30.0,
-                )
-            )
-
-    # -- writes --
-
-    def put_event(self, record: bytes) -> None:
-        seq = self.counters.next_seq
-        self.txn.put(codec.seq_key(seq), record, append=True, db=self.h.events)
-        self.counters.next_seq = seq + 1
-        self.counters.depth += 1
-        self.counters.size += len(record)
-
-    def delete_event(self, seq: int) -> None:
-        raw = self.txn.pop(codec.seq_key(seq), db=self.h.events)
-        if raw is not None:
-            self.counters.depth -= 1
-            self.counters.size -= len(raw)
-            self.removed_seqs.append(seq)
-
-    def put_dead(self, record: bytes) -> None:
-        seq = self.counters.next_dead_seq
-        self.txn.put(codec.seq_key(seq), record, append=True, db=self.h.dead)
-        self.counters.next_dead_seq = seq + 1
-        self.counters.dead_count += 1
-        self.counters.dead_size += len(record)
-
-    def remember(self, key: bytes) -> None:
-        """Record a dedupe key until the end of the window (replacing an expired entry)."""
-        old = self.txn.replace(key, codec.encode_expiry(self.dedupe_expiry_ns), db=self.h.dedupe)
-        if old is not None:
-            self.txn.delete(codec.expiry_index_key(codec.decode_expiry(old), key), db=self.h.expiry)
-        self.txn.put(codec.expiry_index_key(self.dedupe_expiry_ns, key), b"", db=self.h.expiry)
-
-    def prune_dedupe(self, now_ns: int, limit: int) -> int:
-        """Forget up to ``limit`` keys that expired by ``now_ns``, oldest first."""
-        return self._forget_oldest(limit, lambda expiry: expiry <= now_ns)
-
-    def finish(self) -> None:
-        """Keep the dedupe set within its key limit, then persist the counters."""
-        if self.dedupe:
-            over = self.txn.stat(self.h.dedupe)["entries"] - self.config.dedupe_max_keys
-            if over > 0:
-                self.evicted += self._forget_oldest(over, lambda _expiry: True)
-        c = self.counters
-        if (c.depth == 0 and c.size != 0) or (c.dead_count == 0 and c.dead_size != 0):
-            # Only possible if records were changed behind our back; empty means zero bytes.
-            log.warning(
-                "queue_counters_reset", counters=str(c), reason="byte counters drifted with the store empty"
-            )
-            c.size = c.size if c.depth else 0
-            c.dead_size = c.dead_size if c.dead_count else 0
-        if c != self._initial:  # an unchanged transaction commits without touching the disk
-            store_counters(self.txn, self.h, c)
-
-    def _forget_oldest(self, limit: int, due: Callable[[int], bool]) -> int:
-        cursor = self.txn.cursor(db=self.h.expiry)
-        removed = 0
-        if not cursor.first():
-            return 0
-        while removed < limit:
-            index_key = cursor.key()
-            if not index_key:
-                break
-            if len(index_key) != 24:  # not ours; drop it rather than trip over it forever
-                cursor.delete()
-                continue
-            expiry, key = codec.split_expiry_index_key(index_key)
-            if not due(expiry):
-                break
-            cursor.delete()  # moves to the next entry
-            value = self.txn.get(key, db=self.h.dedupe)
-            if value is not None and codec.decode_expiry(value) == expiry:
-                self.txn.delete(key, db=self.h.dedupe)
-            removed += 1
-        return removed
 
 
 class Writer:
@@ -275,39 +156,67 @@ class Writer:
         return time.monotonic() >= self._next_prune
 
     def _commit(self, ops: list[Op[Any]]) -> None:
-        outcomes: list[tuple[Op[Any], Any, Exception | None]] = []
-        ledger = self._ledger
-        with ledger.lock:
-            counters = ledger.counters.copy()
         try:
-            txn = self._h.env.begin(write=True)
-            try:
-                group = Group(txn, self._h, self._config, counters, self._clock())
-                for op in ops:
-                    try:
-                        outcomes.append((op, op.apply(group), None))
-                    except Refused as refused:
-                        outcomes.append((op, None, refused.error))
-                group.finish()
-                txn.commit()
-            except BaseException:
-                txn.abort()
-                raise
+            group, outcomes = self._apply(ops)
         except Exception as exc:
             failure = _commit_failure(exc)
+            growing = [op for op in ops if op.grows]
+            if _is_space_failure(exc) and growing:
+                self._mark_full(ops)
+            rest = [op for op in ops if not op.grows]
+            if _is_space_failure(exc) and growing and rest:
+                # Out of space: what only deletes (acks above all) must still get through, or a
+                # full disk could never drain. The growing operations fail; their senders retry.
+                log.warning("queue_storage_full", error=repr(exc), refused=len(growing), retrying=len(rest))
+                for op in growing:
+                    _settle_threadsafe(op, None, failure())
+                self._commit(rest)
+                return
             log.exception("queue_commit_failed", operations=len(ops), error=repr(exc))
             for op in ops:
                 _settle_threadsafe(op, None, failure())
             return
+        self._publish(group, ops, outcomes)
 
+    def _apply(self, ops: list[Op[Any]]) -> tuple[Group, list[tuple[Op[Any], Any, Refused | None]]]:
+        """Apply ``ops`` in one transaction and commit it; raises (nothing visible) if LMDB fails."""
+        outcomes: list[tuple[Op[Any], Any, Refused | None]] = []
+        txn = self._h.env.begin(write=True)
+        try:
+            # Read back inside the transaction: another process (an admin command) may have
+            # committed since our last one, and writers are serialized, so this is exact.
+            with self._ledger.lock:
+                known = self._ledger.counters.copy()
+            counters = read_counters(txn, self._h) or known
+            group = Group(txn, self._h, self._config, counters, self._clock())
+            for op in ops:
+                try:
+                    outcomes.append((op, op.apply(group), None))
+                except Refused as refused:
+                    outcomes.append((op, None, refused))
+            group.finish()
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return group, outcomes
+
+    def _publish(
+        self, group: Group, ops: list[Op[Any]], outcomes: list[tuple[Op[Any], Any, Refused | None]]
+    ) -> None:
+        ledger = self._ledger
         with ledger.lock:
-            ledger.counters = counters
+            ledger.counters = group.counters
             ledger.deduplicated_total += group.deduplicated
             ledger.expired_dedupe_total += sum(op.removed for op in ops if isinstance(op, PruneOp))
             ledger.evicted_dedupe_total += group.evicted
             ledger.commits_total += 1
             ledger.leased.difference_update(group.removed_seqs)
             ledger.quarantining.difference_update(group.quarantined)
+            if any(refused is not None and refused.full for _, _, refused in outcomes):
+                ledger.full_at_size = group.counters.size
+            elif group.appended:
+                ledger.full_at_size = None
         if group.evicted:
             log.warning(
                 "queue_dedupe_keys_evicted",
@@ -319,8 +228,13 @@ class Writer:
         if self._on_append is not None:
             for loop in group.appended_loops:
                 _call_soon_threadsafe(loop, self._on_append)
-        for op, result, error in outcomes:
-            _settle_threadsafe(op, result, error)
+        for op, result, refused in outcomes:
+            _settle_threadsafe(op, result, None if refused is None else refused.error)
+
+    def _mark_full(self, ops: list[Op[Any]]) -> None:
+        if any(isinstance(op, AppendOp) for op in ops):
+            with self._ledger.lock:
+                self._ledger.full_at_size = self._ledger.counters.size
 
     def _fail_leftovers(self) -> None:
         while self._pending:
@@ -334,9 +248,14 @@ class Writer:
                 _settle_threadsafe(item, None, ShuttingDownError("the queue is closed"))
 
 
+def _is_space_failure(exc: Exception) -> bool:
+    """MapFullError: the map (queue.map_size) is exhausted; DiskError: ENOSPC from the filesystem."""
+    return isinstance(exc, lmdb.MapFullError | lmdb.DiskError)
+
+
 def _commit_failure(exc: Exception) -> Callable[[], Exception]:
     """One fresh exception per waiter (an exception object must not be raised in many tasks)."""
-    if isinstance(exc, lmdb.MapFullError | lmdb.DiskError):
+    if _is_space_failure(exc):
         message = f"queue storage is full: {exc}"
         return lambda: QueueFullError(message)
     message = f"queue storage failed: {exc}"

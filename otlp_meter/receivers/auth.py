@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,16 +45,15 @@ def read_token_file(path: Path) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _FileState:
-    stamp: tuple[int, int, int] | None  # (mtime_ns, size, inode); a Secret's symlink swap changes all
+    stamp: bytes | None  # digest of the content: any rewrite is a change, whatever the timestamps say
     digests: tuple[bytes, ...]
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(path: Path) -> bytes | None:
     try:
-        st = os.stat(path)
+        return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class TokenSet:
@@ -63,7 +61,9 @@ class TokenSet:
     (fail closed). Later a file that cannot be read keeps its last good tokens (rotation writes are
     not atomic everywhere), with an error logged."""
 
-    def __init__(self, config: AuthConfig, *, config_key: str = "receivers.auth", clock: Clock = time.monotonic):
+    def __init__(
+        self, config: AuthConfig, *, config_key: str = "receivers.auth", clock: Clock = time.monotonic
+    ):
         self._inline = tuple(_digest(t.get_secret_value()) for t in config.tokens)
         self._paths = list(config.token_files)
         self._interval = config.reload_interval
@@ -162,12 +162,14 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class Authenticator:
-    """Checks the ``Authorization`` value of requests to one receiver (``transport`` label)."""
+    """Checks the ``Authorization`` value of requests to one receiver (its name labels the metric)."""
 
-    def __init__(self, tokens: TokenSet | None, metrics: Metrics, transport: str, clock: Clock = time.monotonic):
+    def __init__(
+        self, tokens: TokenSet | None, metrics: Metrics, receiver: str, clock: Clock = time.monotonic
+    ):
         self._tokens = tokens if tokens is not None and tokens.enabled else None
         self._metrics = metrics
-        self._transport = transport
+        self._receiver = receiver
         self._log = RateLimitedLog("auth_failed", clock=clock)
 
     @property
@@ -182,6 +184,6 @@ class Authenticator:
         if token is not None and self._tokens.matches(token):
             return
         reason = "missing" if token is None else "invalid"
-        self._metrics.receiver_auth_failures.labels(self._transport, reason).inc()
-        self._log.warning(receiver=self._transport, reason=reason, peer=peer)
+        self._metrics.receiver_auth_failures.labels(self._receiver, reason).inc()
+        self._log.warning(receiver=self._receiver, reason=reason, peer=peer)
         raise AuthenticationError(reason)

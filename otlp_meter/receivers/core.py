@@ -1,5 +1,6 @@
-"""The receiver core both transports share: take a decoded request, run it through the pipeline,
-count it, and build the OTLP response (with ``partial_success`` when rules rejected records)."""
+"""The receiver core every transport shares: take a decoded request, check the limits, run it
+through the pipeline, count it, and build the OTLP response (with ``partial_success`` when rules
+rejected records). The events API uses :meth:`ReceiverCore.ingest_events` and the same refusals."""
 
 from __future__ import annotations
 
@@ -19,12 +20,17 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from otlp_meter.errors import LimitExceededError
+from otlp_meter.events import EncodedEvent
 from otlp_meter.pipeline import IngestResult, Pipeline
+from otlp_meter.receivers.cloudevents import TooManyEventsError
+from otlp_meter.receivers.config import LimitsConfig
+from otlp_meter.receivers.limits import check_limits
 from otlp_meter.receivers.status import Refusal, refusal_for
 from otlp_meter.telemetry.metrics import Metrics
 
-SignalName = Literal["logs", "metrics", "traces"]
-Transport = Literal["grpc", "http_protobuf", "http_json"]
+SignalName = Literal["logs", "metrics", "traces", "events"]
+Transport = Literal["grpc", "http_protobuf", "http_json", "events_api"]
 
 
 def count_records(request: Message) -> int:
@@ -44,15 +50,22 @@ def count_records(request: Message) -> int:
 
 
 class ReceiverCore:
-    """Shared by OTLP/gRPC and OTLP/HTTP: ingest, count, answer. Transports only decode and encode."""
+    """Shared by OTLP/gRPC, OTLP/HTTP and the events API: check, ingest, count, answer. Transports
+    only authenticate, decode and encode."""
 
-    def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(self, pipeline: Pipeline, metrics: Metrics, limits: LimitsConfig | None = None) -> None:
         self._pipeline = pipeline
         self._metrics = metrics
+        self._limits = limits or LimitsConfig()
 
-    async def export(self, signal: SignalName, transport: Transport, request: Message) -> Message:
-        """Ingest ``request``; raises what the pipeline raises (map it with :meth:`refuse`)."""
+    async def export(
+        self, signal: SignalName, transport: Transport, request: Message, wire_size: int | None = None
+    ) -> Message:
+        """Check ``request`` against the limits and ingest it; raises LimitExceededError and what the
+        pipeline raises (map it with :meth:`refuse`). ``wire_size``: bytes of the decoded body
+        (default: the request's protobuf size)."""
         started = time.perf_counter()
+        check_limits(request, request.ByteSize() if wire_size is None else wire_size, self._limits)
         if isinstance(request, ExportLogsServiceRequest):
             result = await self._pipeline.ingest_logs(request)
             response: Message = ExportLogsServiceResponse()
@@ -80,6 +93,16 @@ class ReceiverCore:
         )
         return response
 
+    async def ingest_events(self, transport: Transport, events: list[EncodedEvent]) -> IngestResult:
+        """Commit validated CloudEvents; returns after the commit, raises what the pipeline raises."""
+        started = time.perf_counter()
+        result = await self._pipeline.ingest_events(events)
+        self._count("events", transport, result)
+        self._metrics.receiver_request_duration.labels(transport, "events").observe(
+            time.perf_counter() - started
+        )
+        return result
+
     def _count(self, signal: SignalName, transport: Transport, result: IngestResult) -> None:
         accepted = result.records - result.rejected
         if accepted:
@@ -96,6 +119,10 @@ class ReceiverCore:
     ) -> Refusal:
         """Count a refused request and return how to answer it."""
         refusal = refusal_for(exc)
+        if isinstance(exc, LimitExceededError):
+            self._metrics.receiver_limit_violations.labels(transport, exc.limit).inc()
+        elif isinstance(exc, TooManyEventsError):
+            self._metrics.receiver_limit_violations.labels(transport, "events").inc()
         if records:
             self._metrics.receiver_refused_records.labels(transport, signal, refusal.reason).inc(records)
         self._metrics.receiver_requests.labels(transport, signal, refusal.reason).inc()

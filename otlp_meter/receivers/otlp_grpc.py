@@ -1,6 +1,8 @@
 """OTLP over gRPC: LogsService, MetricsService and (accept-and-discard) TraceService.
 
 Handlers take raw bytes so that a malformed message is our INVALID_ARGUMENT, not grpc's INTERNAL.
+With auth, the ``authorization`` metadata must carry an accepted bearer token (UNAUTHENTICATED
+otherwise); with TLS, certificates are reloaded on new connections when their files change.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otlp_meter.errors import DecodeError
+from otlp_meter.receivers.auth import Authenticator
 from otlp_meter.receivers.config import GrpcReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore, SignalName, count_records
+from otlp_meter.receivers.tls import ServerTls
 
 _SERVICES: dict[SignalName, tuple[str, type[Message]]] = {
     "logs": ("opentelemetry.proto.collector.logs.v1.LogsService", ExportLogsServiceRequest),
@@ -31,17 +35,28 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def export_handler(core: ReceiverCore, signal: SignalName, request_type: type[Message]) -> Handler:
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+def export_handler(
+    core: ReceiverCore, signal: SignalName, request_type: type[Message], auth: Authenticator | None = None
+) -> Handler:
     """The Export method of one OTLP service, as a raw-bytes unary handler."""
 
     async def export(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request: Message | None = None
         try:
+            if auth is not None:
+                auth.check(_authorization(context), context.peer())
             try:
                 request = request_type.FromString(body)
             except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
                 raise DecodeError(f"malformed {request_type.__name__}: {exc}") from exc
-            response = await core.export(signal, "grpc", request)
+            response = await core.export(signal, "grpc", request, wire_size=len(body))
         except Exception as exc:
             refusal = core.refuse(signal, "grpc", exc, count_records(request) if request is not None else 0)
             trailing = (("grpc-status-details-bin", refusal.to_status().SerializeToString()),)
@@ -58,9 +73,17 @@ class OtlpGrpcReceiver:
     ``port`` is the port actually bound once :meth:`start` returned (useful with ``host:0``).
     """
 
-    def __init__(self, config: GrpcReceiverConfig, core: ReceiverCore) -> None:
+    def __init__(
+        self,
+        config: GrpcReceiverConfig,
+        core: ReceiverCore,
+        auth: Authenticator | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self._config = config
         self._core = core
+        self._auth = auth
+        self._tls = tls
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -72,11 +95,12 @@ class OtlpGrpcReceiver:
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", self._config.max_concurrent_streams),
             ]
         )
         for signal, (service, request_type) in _SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(
-                export_handler(self._core, signal, request_type),
+                export_handler(self._core, signal, request_type, self._auth),
                 request_deserializer=_identity,
                 response_serializer=_identity,
             )
@@ -86,7 +110,10 @@ class OtlpGrpcReceiver:
         # grpcio reports a failed bind as RuntimeError (older releases returned 0); either way the
         # caller gets the OSError that "address in use" is everywhere else.
         try:
-            port = server.add_insecure_port(self._config.endpoint)
+            if self._tls is not None:
+                port = server.add_secure_port(self._config.endpoint, self._tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(self._config.endpoint)
         except RuntimeError as exc:
             raise OSError(
                 f"cannot listen for OTLP/gRPC on {self._config.endpoint} (address in use or invalid)"

@@ -1,7 +1,9 @@
 """OTLP over HTTP: ``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces`` in protobuf or JSON, optionally gzip.
 
-A thin transport: decode the body, hand the request to the receiver core, answer in the request's
-encoding. Errors are ``google.rpc.Status`` bodies, status codes from ``receivers/status.py``.
+A thin transport: authenticate, decode the body, hand the request to the receiver core, answer in
+the request's encoding. Errors are ``google.rpc.Status`` bodies, status codes from
+``receivers/status.py``. A refusal sent before the body was read closes the connection (the rest of
+the body would otherwise be read as the next request, or keep a slow client attached).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from otlp_meter.http_server import (
     Scope,
     Send,
     header,
+    media_type,
     read_body,
     respond,
 )
 from otlp_meter.receivers import otlp_json
+from otlp_meter.receivers.auth import Authenticator
 from otlp_meter.receivers.config import HttpReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore, SignalName, Transport, count_records
 from otlp_meter.receivers.status import METHOD_NOT_ALLOWED, NOT_FOUND, Refusal
@@ -41,11 +45,6 @@ _ROUTES: dict[str, tuple[SignalName, type[Message], Callable[[bytes], Message | 
     "/v1/metrics": ("metrics", ExportMetricsServiceRequest, otlp_json.decode_metrics_request),
     "/v1/traces": ("traces", ExportTraceServiceRequest, otlp_json.decode_traces_request),
 }
-
-
-def media_type(content_type: str | None) -> str:
-    """``"application/json; charset=utf-8"`` → ``"application/json"``."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -87,9 +86,21 @@ def _decode(
     return decoded if decoded is not None else request_type()
 
 
-def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
-    """The OTLP/HTTP receiver as an ASGI app (serve it with :class:`~otlp_meter.http_server.HttpServer`)."""
+def peer(scope: Scope) -> str | None:
+    """``host:port`` of the client, for logs."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+def otlp_http_app(
+    config: HttpReceiverConfig, core: ReceiverCore, auth: Authenticator | None = None
+) -> AsgiApp:
+    """The OTLP/HTTP receiver as an ASGI app (serve it with :class:`~otlp_meter.http_server.HttpServer`).
+
+    With ``auth``, every request must carry an accepted bearer token (checked before the body is read).
+    """
     limit = config.max_request_body_size
+    read_timeout = config.read_timeout
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,22 +117,27 @@ def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
             await _refuse(send, METHOD_NOT_ALLOWED, encoding_json, [(b"allow", b"POST")])
             return
         request: Message | None = None
+        body_read = False
         try:
+            if auth is not None:
+                auth.check(header(scope, b"authorization"), peer(scope))
             if mtype not in _PROTOBUF_TYPES and mtype != JSON:
                 raise UnsupportedMediaTypeError(
                     f"unsupported Content-Type {mtype or '(none)'!r}; use {PROTOBUF} or {JSON}"
                 )
-            body = await read_body(receive, limit)
+            body = await read_body(receive, limit, read_timeout)
             if body is None:
                 raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+            body_read = True
             body = decompress(body, header(scope, b"content-encoding"), limit)
             request = _decode(body, mtype, request_type, json_decode)
-            response = await core.export(signal, transport, request)
+            response = await core.export(signal, transport, request, wire_size=len(body))
         except ClientDisconnectedError:
             return  # nothing was taken and nobody is listening
         except Exception as exc:
             records = count_records(request) if request is not None else 0
-            await _refuse(send, core.refuse(signal, transport, exc, records), encoding_json)
+            refusal = core.refuse(signal, transport, exc, records)
+            await _refuse(send, refusal, encoding_json, close=not body_read)
             return
         if encoding_json:
             await respond(send, 200, otlp_json.encode_response(response), JSON)
@@ -131,15 +147,29 @@ def otlp_http_app(config: HttpReceiverConfig, core: ReceiverCore) -> AsgiApp:
     return app
 
 
-async def _refuse(
-    send: Send, refusal: Refusal, encoding_json: bool, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    status = refusal.to_status()
-    extra = list(headers or [])
+def refusal_headers(refusal: Refusal) -> list[tuple[bytes, bytes]]:
+    """``Retry-After`` for retryable refusals, ``WWW-Authenticate`` for 401."""
+    headers = []
     if refusal.retry_after is not None:
         # Whole seconds, rounded up: never invite the sender back before the RetryInfo delay.
-        extra.append((b"retry-after", str(math.ceil(refusal.retry_after)).encode()))
+        headers.append((b"retry-after", str(math.ceil(refusal.retry_after)).encode()))
+    if refusal.http_status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return headers
+
+
+async def _refuse(
+    send: Send,
+    refusal: Refusal,
+    encoding_json: bool,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    status = refusal.to_status()
+    extra = list(headers or []) + refusal_headers(refusal)
     if encoding_json:
-        await respond(send, refusal.http_status, otlp_json.encode_status(status), JSON, extra)
+        body, content_type = otlp_json.encode_status(status), JSON
     else:
-        await respond(send, refusal.http_status, status.SerializeToString(), PROTOBUF, extra)
+        body, content_type = status.SerializeToString(), PROTOBUF
+    await respond(send, refusal.http_status, body, content_type, extra, close=close)

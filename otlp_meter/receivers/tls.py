@@ -15,7 +15,7 @@ is tried again once the files change again. A set that does not load at startup 
 
 from __future__ import annotations
 
-import os
+import hashlib
 import ssl
 import threading
 import time
@@ -31,7 +31,7 @@ from otlp_meter.telemetry.metrics import Metrics
 
 log = get_logger("tls")
 
-Stamp = tuple[tuple[int, int, int] | None, ...]
+Stamp = tuple[bytes | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +42,15 @@ class _Material:
     context: ssl.SSLContext
 
 
-def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+def _stamp(path: Path | None) -> bytes | None:
+    """A digest of the file's content: in-place rewrites within one timestamp tick and with the same
+    size are changes too (and reading a few KiB every ``reload_interval`` costs nothing)."""
     if path is None:
         return None
     try:
-        st = os.stat(path)
+        return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class ServerTls:
@@ -66,7 +67,11 @@ class ServerTls:
     ) -> None:
         if config.cert_file is None or config.key_file is None:
             raise ValueError("TLS is not configured (cert_file/key_file unset)")
-        self._cert_file, self._key_file, self._ca_file = config.cert_file, config.key_file, config.client_ca_file
+        self._cert_file, self._key_file, self._ca_file = (
+            config.cert_file,
+            config.key_file,
+            config.client_ca_file,
+        )
         self._config = config
         self._server = server
         self._metrics = metrics

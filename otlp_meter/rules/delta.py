@@ -123,8 +123,8 @@ class StreamStates:
         states.begin()                # the engine's map_metrics does begin ... finish
         ... get / put ...
         change = states.finish()      # change.updates go into the same append as the events
-        # if the append fails:
-        states.rollback(change.token) # memory is as before begin(); the retry computes the same
+        # if the append fails (or its outcome is unknown):
+        states.rollback(change.token) # memory agrees with the database again
 
     Keys read during a mapping stay in memory until the next ``begin`` so a mapping never reads
     back an older committed value of a key it changed.
@@ -195,13 +195,19 @@ class StreamStates:
         return change
 
     def rollback(self, token: int) -> None:
-        """Undo the in-memory changes of the last finished mapping (its append failed)."""
+        """Undo the in-memory changes of the last finished mapping (its append failed, or may have).
+
+        With ``load``, the streams it touched are dropped from memory and read back from the
+        database when next seen: right whether or not the append committed. Without ``load``
+        their previous states are restored. The first-start key is written again with the next
+        mapping (the same value: harmless if it was committed after all).
+        """
         last = self._last
         if last is None or last[0] != token or self._undo is not None:
             raise RuntimeError("only the last finished mapping can be rolled back, before the next begins")
         _, undo, wrote_first = last
         for key, previous in undo.items():
-            if previous is _ABSENT:
+            if previous is _ABSENT or self._load is not None:
                 self._memory.pop(key, None)
             else:
                 self._memory[key] = previous  # type: ignore[assignment]

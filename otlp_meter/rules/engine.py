@@ -14,6 +14,7 @@ metrics some rule could match are converted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ class RulesEngine:
         *,
         initial_value: InitialValue = "auto",
         max_streams: int = 100_000,
+        started_ns: int | None = None,
     ) -> None:
         names = [rule.name for rule in rules]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -117,6 +119,11 @@ class RulesEngine:
         self._log_rules = tuple(rule for rule in rules if rule.signal == "logs")
         self._metric_rules = tuple(rule for rule in rules if rule.signal == "metrics")
         self._metric_rules_by_kind: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        self.memory_states = StreamStates(
+            None, started_ns=time.time_ns() if started_ns is None else started_ns, max_streams=max_streams
+        )
+        """The states :meth:`map_metrics` uses when given none: in memory only, like the Collector's
+        cumulativetodelta processor (a restart forgets them); the pipeline passes persistent ones."""
 
     @classmethod
     def from_config(cls, config: RulesConfig, *, config_key: str = "rules") -> RulesEngine:
@@ -166,12 +173,12 @@ class RulesEngine:
 
         Cumulative points are converted with ``states``: the result's ``state_updates`` must be
         committed with its events, or ``states.rollback(result.state_token)`` called when that
-        fails. Calls sharing ``states`` must not overlap. Without ``states`` a fresh in-memory set
-        is used, so every cumulative point is the first of its stream (the dry run does this).
+        fails. Calls sharing ``states`` must not overlap. Without ``states`` the engine's own
+        :attr:`memory_states` are used.
         """
         tally = _Tally("metrics", unmatched_records=[] if keep_unmatched else None)
         if states is None:
-            states = StreamStates(None, started_ns=received_at_ns, max_streams=self.max_streams)
+            states = self.memory_states
         states.begin()
         try:
             self._map_metrics(request, received_at_ns, states, tally)

@@ -72,7 +72,16 @@ class Expression:
 
     def evaluate(self, view: RecordView) -> Any:
         """The expression's value for ``view`` as plain JSON-able Python; raises ``ValueError``."""
-        context = {name: build(view) for name, build in self._builders}
+        # One CEL context per record, shared by every expression of every rule: handing a value
+        # to CEL costs about a microsecond per attribute, running a compiled program a fraction.
+        state = view.cel_context
+        if state is None:
+            state = view.cel_context = (cel.Context(), set())
+        context, added = state
+        for name, build in self._builders:
+            if name not in added:
+                context.add_variable(name, build(view))
+                added.add(name)
         try:
             result = self._program.execute(context)
         except Exception as exc:

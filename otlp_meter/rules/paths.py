@@ -9,9 +9,10 @@ Values come out as plain Python: AnyValue strings, ints, doubles and bools as th
 as lists, kvlists as dicts, bytes as base64 text (what OTLP/JSON shows for ``bytesValue``);
 timestamps as integer Unix nanoseconds.
 
-A :class:`RecordView` is what a getter reads: one log record or one metric data point with its
-resource and scope. Attribute lists are indexed into a dict lazily, once per record (resource and
-scope: once per resource and scope), the first time a getter needs them.
+A :class:`~otlp_meter.rules.views.RecordView` is what a getter reads: one log record or one metric
+data point with its resource and scope. Attribute lists are indexed into a dict lazily, once per
+record (resource and scope: once per resource and scope), the first time a getter needs them.
+(``codegen.py`` inlines the most common getter, one record attribute, into the rule itself.)
 """
 
 from __future__ import annotations

@@ -151,6 +151,7 @@ class RecordView:
         "attrs",
         "body",
         "cel",
+        "cel_context",
         "converted",
         "kvs",
         "metric",
@@ -178,7 +179,8 @@ class RecordView:
         self.received_ns = received_ns
         self.attrs: AttrMap | None = None
         self.body: AttrMap | None = None
-        self.cel: dict[str, Any] | None = None
+        self.cel: dict[str, Any] | None = None  # expression variables as Python values
+        self.cel_context: tuple[Any, set[str]] | None = None  # (cel.Context, names added to it)
         self.converted = False
         self._hasher: hashlib.blake2b | None = None
         self.time_text: str | None = None  # the record's own time, formatted once for every rule

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from otlp_meter.config_types import Section
+from otlp_meter.receivers.config import AuthConfig, TlsConfig
 
 
 class LogsConfig(Section):
@@ -17,3 +18,9 @@ class LogsConfig(Section):
 class TelemetryConfig(Section):
     endpoint: str = Field("0.0.0.0:8888", description="host:port serving /metrics, /healthz and /readyz.")
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Log output.")
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig,
+        description="Bearer tokens for /metrics (separate from the ingest tokens). /healthz and /readyz "
+        "stay open so that probes need no secret.",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS for the telemetry endpoint.")

@@ -95,8 +95,9 @@ class Metrics:
         )
         self.receiver_auth_failures = Counter(
             f"{_PREFIX}_receiver_auth_failures",
-            "Requests refused for missing or invalid credentials (reason: missing, invalid).",
-            ["transport", "reason"],
+            "Requests refused for missing or invalid credentials, by receiver (otlp_grpc, otlp_http, "
+            "events_api, telemetry) and reason (missing, invalid).",
+            ["receiver", "reason"],
             registry=r,
         )
         self.receiver_limit_violations = Counter(

@@ -1,28 +1,41 @@
-"""The telemetry endpoint: ``/metrics`` (Prometheus text or OpenMetrics), ``/healthz``, ``/readyz``."""
+"""The telemetry endpoint: ``/metrics`` (Prometheus text or OpenMetrics), ``/healthz``, ``/readyz``.
+
+With ``auth``, ``/metrics`` needs a bearer token (``telemetry.auth``); the probes stay open, since a
+kubelet probe carries no secret and they tell nothing beyond "up" and "taking data".
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from otlp_meter.errors import AuthenticationError
 from otlp_meter.http_server import AsgiApp, Receive, Scope, Send, header, respond
 from otlp_meter.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from otlp_meter.receivers.auth import Authenticator
 
 Readiness = Callable[[], tuple[bool, str]]
 """Returns (ready, reason). Not ready means: do not route new data here now."""
 
 
-def telemetry_app(metrics: Metrics, readiness: Readiness) -> AsgiApp:
+def telemetry_app(metrics: Metrics, readiness: Readiness, auth: Authenticator | None = None) -> AsgiApp:
+    """The telemetry endpoint as an ASGI app; ``auth`` guards ``/metrics`` only."""
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
             await respond(send, 405, b"method not allowed\n", "text/plain", [(b"allow", b"GET, HEAD")])
+        elif path == "/metrics" and not _authorized(auth, scope):
+            await respond(send, 401, b"unauthorized\n", "text/plain", [(b"www-authenticate", b"Bearer")])
         elif path == "/metrics":
             if "application/openmetrics-text" in (header(scope, b"accept") or ""):
                 body = generate_openmetrics(metrics.registry)  # type: ignore[no-untyped-call]
@@ -39,3 +52,14 @@ def telemetry_app(metrics: Metrics, readiness: Readiness) -> AsgiApp:
             await respond(send, 404, b"not found\n", "text/plain")
 
     return app
+
+
+def _authorized(auth: Authenticator | None, scope: Scope) -> bool:
+    if auth is None:
+        return True
+    client = scope.get("client")
+    try:
+        auth.check(header(scope, b"authorization"), f"{client[0]}:{client[1]}" if client else None)
+    except AuthenticationError:
+        return False
+    return True

@@ -154,7 +154,7 @@ def test_otlp_json_over_http_with_gzip_becomes_an_api_call_event(
     assert event["subject"] == "user-7"
     assert event["source"] == "gateway"
     assert event["time"] == "2026-01-01T00:00:00Z"
-    assert event["data"] == {"duration": 42, "method": "GET", "path": "/v1/things"}
+    assert event["data"] == {"count": 1, "duration": 42, "method": "GET", "path": "/v1/things"}
 
 
 def test_the_same_request_twice_is_delivered_once_with_the_same_ids(

@@ -48,22 +48,30 @@ class ServiceProcess:
 
     ``config`` is merged over a base that listens on 127.0.0.1 free ports, keeps its queue in
     ``workdir/data``, flushes batches quickly and retries fast (so tests await events, not timers).
+    ``user`` runs the process as that user (the test must be root for that).
     """
 
     def __init__(
-        self, workdir: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
     ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
+        self.user = user
         self.grpc_port = free_port()
         self.http_port = free_port()
+        self.events_port = free_port()
         self.telemetry_port = free_port()
         base: dict[str, Any] = {
             "receivers": {
                 "otlp": {
                     "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
                     "http": {"endpoint": f"127.0.0.1:{self.http_port}"},
-                }
+                },
+                "events_api": {"endpoint": f"127.0.0.1:{self.events_port}"},
             },
             "queue": {"directory": str(workdir / "data")},
             "exporter": {
@@ -90,6 +98,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def events_url(self) -> str:
+        """Base URL of the events API (POST {events_url}/api/v1/events)."""
+        return f"http://127.0.0.1:{self.events_port}"
+
+    @property
     def telemetry_url(self) -> str:
         return f"http://127.0.0.1:{self.telemetry_port}"
 
@@ -100,18 +113,21 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                user=self.user,
             )
         self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        scheme = "https" if self.config.get("telemetry", {}).get("tls", {}).get("cert_file") else "http"
+        url = f"{self.telemetry_url.replace('http', scheme, 1)}/readyz"
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"otlp-meter exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.telemetry_url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(url, timeout=1.0, verify=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

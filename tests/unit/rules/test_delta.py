@@ -301,10 +301,15 @@ def test_state_that_cannot_be_decoded_starts_the_stream_afresh() -> None:
 # --- what rules and the dead-letter store see ----------------------------------------------------
 
 
-def test_without_states_every_point_is_the_first_of_its_stream() -> None:
-    rules = engine(USAGE)
-    result = rules.map_metrics(request("sum", {"value": 10, "start": T0 - S, "t": T0 + S}), RECEIVED)
-    assert result.cumulative == {"first_dropped": 1}  # auto, and the stream is older than "now"
+def test_without_states_the_engine_keeps_its_own_in_memory() -> None:
+    rules = engine(USAGE)  # made "now": streams that started earlier are old, their first point drops
+    assert rules.map_metrics(request("sum", {"value": 10, "t": T0 + S}), RECEIVED).cumulative == {
+        "first_dropped": 1
+    }
+    assert [
+        e["data"]["value"]
+        for e in events(rules.map_metrics(request("sum", {"value": 12, "t": T0 + 2 * S}), RECEIVED))
+    ] == [2]
 
 
 def test_delta_points_pass_through_untouched() -> None:
@@ -340,3 +345,15 @@ def test_a_rejected_delta_is_dead_lettered_as_a_delta_that_replays_to_the_same_e
     fixed.send(second)
     replayed = fixed.engine.map_metrics(dead, RECEIVED)
     assert [(e.id, e.payload) for e in replayed.events] == [(e.id, e.payload) for e in fixed.last.events]
+
+
+def test_rollback_is_right_even_when_the_append_committed_after_all() -> None:
+    # A cancelled append may still commit; with a database the touched streams are read back.
+    meter = Meter()
+    meter.send(request("sum", {"value": 10, "t": T0 + S}))
+    result = meter.engine.map_metrics(request("sum", {"value": 25, "t": T0 + 2 * S}), RECEIVED, meter.states)
+    meter.db.commit(result.state_updates)  # it did commit ...
+    assert result.state_token is not None
+    meter.states.rollback(result.state_token)  # ... but the pipeline could not know
+    assert meter.send(request("sum", {"value": 25, "t": T0 + 2 * S})) == []  # not billed twice
+    assert values(meter.send(request("sum", {"value": 30, "t": T0 + 3 * S}))) == [5]

@@ -199,8 +199,8 @@ METRIC_PATHS = [
 ]
 
 
-def read_points(*metrics: Any) -> list[dict[str, Any]]:
-    data = {path: {"path": path, "optional": True} for path in METRIC_PATHS}
+def read_points(*metrics: Any, extra: list[str] | None = None) -> list[dict[str, Any]]:
+    data = {path: {"path": path, "optional": True} for path in [*METRIC_PATHS, *(extra or [])]}
     rule = {"name": "r", "match": {"signal": "metrics"}, "event": {"type": "t", "subject": "s", "data": data}}
     result = engine(rule).map_metrics(metrics_request(*metrics, resource={"r": "res"}), RECEIVED)
     assert not result.rejected
@@ -263,3 +263,23 @@ def test_exponential_histogram_and_summary_points() -> None:
 def test_number_points_have_no_sum_or_count_and_unset_values_are_absent() -> None:
     [point] = read_points(metric("g", "gauge", {"time_unix_nano": T0}))
     assert {"point.value", "point.sum", "point.count", "point.start_time"}.isdisjoint(point)
+
+
+def test_histogram_min_and_max() -> None:
+    [with_bounds, without] = read_points(
+        metric("h", "histogram", {"count": 2, "sum": 3.0, "min": 1.0, "max": 2.0}, {"count": 1}),
+        extra=["point.min", "point.max"],
+    )
+    assert (with_bounds["point.min"], with_bounds["point.max"]) == (1.0, 2.0)
+    assert "point.min" not in without
+    assert "point.max" not in without
+
+
+def test_whole_attribute_maps() -> None:
+    [point] = read_points(
+        metric("g", "gauge", {"value": 1, "attrs": {"k": "v", "n": 2, "empty": None}}),
+        extra=["attributes", "point.attributes", "resource.attributes", "scope.attributes"],
+    )
+    assert point["attributes"] == point["point.attributes"] == {"k": "v", "n": 2}
+    assert point["resource.attributes"] == {"r": "res"}
+    assert "scope.attributes" not in point  # an empty map is no value
