@@ -231,9 +231,9 @@ async def _replay(
         after = page[-1].seq
         if wanted is not None:
             page = [e for e in page if e.seq in wanted]
-        if budget is not None:
-            page = page[:budget]
         plan = _plan(page, args, engine)
+        if budget is not None:
+            plan.items = plan.items[:budget]
         for why, n in plan.skipped.items():
             skipped[why] = skipped.get(why, 0) + n
         if args.dry_run:
@@ -345,6 +345,9 @@ def _with_queue(args: argparse.Namespace, run: Callable[[Config, LmdbQueue], int
         print(f"invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     queue = LmdbQueue(config.queue)
+    if not queue.exists():
+        print(f"there is no queue at {config.queue.path} (nothing was ever stored there)", file=sys.stderr)
+        return EXIT_FAILED
     try:
         queue.open(owner=False, readonly=readonly)
     except OtlpMeterError as exc:
@@ -360,3 +363,16 @@ def _with_queue(args: argparse.Namespace, run: Callable[[Config, LmdbQueue], int
         return EXIT_FAILED
     finally:
         queue.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m otlp_meter.admin queue|dlq ...``: the same commands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="otlp-meter", description="queue and dead-letter commands")
+    add_admin_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

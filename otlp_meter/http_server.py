@@ -200,7 +200,9 @@ class HttpServer:
             self._app,
             http=_guarded_protocol(self._limits, self._name, self._metrics),
             ssl_context_factory=(lambda _config, _default: tls.ssl_context()) if tls is not None else None,
-            limit_concurrency=self._limits.max_connections,  # requests in progress: 503 beyond it
+            # uvicorn answers 503 once connections *or* requests in progress reach this; our
+            # protocol already closes connections beyond max_connections, so allow exactly those.
+            limit_concurrency=self._limits.max_connections + 1,
             timeout_keep_alive=max(1, math.ceil(self._limits.idle_timeout)),
             lifespan="off",
             ws="none",

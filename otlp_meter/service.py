@@ -63,8 +63,13 @@ class Service:
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: HttpServer | None = None
         self.events: HttpServer | None = None
-        # Token files and certificates are read now: a missing one is a config error at startup.
+        # Token files and certificates are read now: a missing one is a config error before anything
+        # starts (exit code 2), not a half-started service.
         self._ingest_tokens = self._tokens(config.receivers.auth, "receivers.auth")
+        receivers = config.receivers
+        self._grpc_tls = self._tls(receivers.otlp.grpc.tls, "otlp_grpc", "receivers.otlp.grpc.tls")
+        self._http_tls = self._tls(receivers.otlp.http.tls, "otlp_http", "receivers.otlp.http.tls")
+        self._events_tls = self._tls(receivers.events_api.tls, "events_api", "receivers.events_api.tls")
         telemetry = config.telemetry
         self.telemetry = HttpServer(
             telemetry_app(self.metrics, self.readiness, self._auth("telemetry", telemetry.auth)),
@@ -96,7 +101,7 @@ class Service:
         if self._stopping:
             return False, "shutting down"
         stats = self.queue.stats()
-        if stats.bytes >= stats.capacity_bytes:
+        if stats.full or stats.bytes >= stats.capacity_bytes:  # full: refusing until drained below
             return False, "queue full"
         return True, "ok"
 
@@ -121,8 +126,7 @@ class Service:
         await self.telemetry.start()
         otlp, events = cfg.receivers.otlp, cfg.receivers.events_api
         if otlp.grpc.enabled:
-            tls = self._tls(otlp.grpc.tls, "otlp_grpc", "receivers.otlp.grpc.tls")
-            self.grpc = OtlpGrpcReceiver(otlp.grpc, self.core, self._auth("otlp_grpc"), tls)
+            self.grpc = OtlpGrpcReceiver(otlp.grpc, self.core, self._auth("otlp_grpc"), self._grpc_tls)
             await self.grpc.start()
         if otlp.http.enabled:
             self.http = HttpServer(
@@ -130,7 +134,7 @@ class Service:
                 otlp.http.endpoint,
                 graceful_timeout=cfg.service.shutdown_timeout,
                 limits=ServerLimits.of(otlp.http),
-                tls=self._tls(otlp.http.tls, "otlp_http", "receivers.otlp.http.tls"),
+                tls=self._http_tls,
                 name="otlp_http",
                 metrics=self.metrics,
             )
@@ -143,7 +147,7 @@ class Service:
                 events.endpoint,
                 graceful_timeout=cfg.service.shutdown_timeout,
                 limits=ServerLimits.of(events),
-                tls=self._tls(events.tls, "events_api", "receivers.events_api.tls"),
+                tls=self._events_tls,
                 name="events_api",
                 metrics=self.metrics,
             )

@@ -6,6 +6,24 @@ it returns. See :mod:`otlp_meter.queue.lmdb_queue` for how appends, leases and a
 
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.lmdb_queue import LmdbQueue
-from otlp_meter.queue.types import AppendResult, DeadLetterEntry, LeasedEvent, QueueStats
+from otlp_meter.queue.types import (
+    Accounting,
+    AppendResult,
+    DeadLetterEntry,
+    LeasedEvent,
+    QueueStats,
+    ReplayItem,
+    ReplayResult,
+)
 
-__all__ = ["AppendResult", "DeadLetterEntry", "LeasedEvent", "LmdbQueue", "QueueConfig", "QueueStats"]
+__all__ = [
+    "Accounting",
+    "AppendResult",
+    "DeadLetterEntry",
+    "LeasedEvent",
+    "LmdbQueue",
+    "QueueConfig",
+    "QueueStats",
+    "ReplayItem",
+    "ReplayResult",
+]

@@ -28,7 +28,7 @@ def storage_headroom(map_size: int) -> int:
     """Bytes of the map kept free for deletes: an ack copies the pages it touches before freeing
     them (copy on write), so with a map filled to the last page even deliveries could not be
     acknowledged. Appends are refused before they eat into this."""
-    return min(16 * _MiB, max(64 * _KiB, map_size // 32))
+    return min(16 * _MiB, max(256 * _KiB, map_size // 32))
 
 
 class Refused(Exception):
@@ -73,8 +73,11 @@ class Group:
         value = self.txn.get(key, db=self.h.dedupe)
         return value is not None and codec.decode_expiry(value) > self.now_ns
 
-    def check_room(self, event_bytes: int, dead_bytes: int) -> None:
-        """Refuse (before any write) what would pass the byte limits or eat into the headroom."""
+    def check_room(self, event_bytes: int, dead_bytes: int, keys: int = 0) -> None:
+        """Refuse (before any write) what would pass the byte limits or eat into the headroom.
+
+        ``keys``: dedupe keys the operation writes (each may touch a page of its own).
+        """
         if event_bytes and self.counters.size + event_bytes > self.config.max_bytes:
             raise Refused(
                 QueueFullError(
@@ -91,13 +94,16 @@ class Group:
                     retry_after=30.0,
                 )
             )
-        if event_bytes or dead_bytes:
-            self._reserve_storage(event_bytes + dead_bytes)
+        if event_bytes or dead_bytes or keys:
+            self._reserve_storage(event_bytes + dead_bytes, keys)
 
-    def _reserve_storage(self, record_bytes: int) -> None:
-        # Records, their keys and B-tree pages split half full take up to about twice the payload;
-        # overestimating only refuses a little early, and the MapFullError path stays as a backstop.
-        need = 2 * record_bytes + 4 * _KiB
+    def _reserve_storage(self, record_bytes: int, keys: int) -> None:
+        # What a transaction needs while it runs, not what it keeps: records and B-tree pages split
+        # half full take up to twice the payload, and each dedupe key (a random hash) may copy a
+        # page of its own (copy on write; the old copies are reused only two commits later).
+        # Overestimating only refuses a little early; MapFullError stays as the backstop.
+        page = int(self.h.env.stat()["psize"])
+        need = 2 * record_bytes + 2 * keys * page + 4 * page
         if self._storage_free is None:
             map_size = int(self.h.env.info()["map_size"])
             used = storage_used_bytes(self.txn, self.h)

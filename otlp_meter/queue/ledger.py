@@ -156,8 +156,14 @@ def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = Fal
         raise StorageError(f"cannot open the queue at {path}: {exc}") from exc
     try:
         env.reader_check()  # free reader slots of dead processes, which would pin old pages
+        if readonly:
+            # Opened by lmdb's own transaction: a handle opened in a read-only transaction of ours
+            # would be closed again when that transaction ends.
+            dbs = [env.open_db(name, create=False) for name in _DB_NAMES]
         with env.begin(write=not readonly) as txn:
-            handles = Handles(env, *(env.open_db(name, txn=txn, create=not readonly) for name in _DB_NAMES))
+            if not readonly:
+                dbs = [env.open_db(name, txn=txn) for name in _DB_NAMES]
+            handles = Handles(env, *dbs)
             version = txn.get(_SCHEMA_KEY, db=handles.meta)
             if version is None and not readonly:
                 txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)

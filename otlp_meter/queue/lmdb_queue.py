@@ -109,6 +109,10 @@ class LmdbQueue:
     def config(self) -> QueueConfig:
         return self._config
 
+    def exists(self) -> bool:
+        """Whether a queue was ever created in the configured directory."""
+        return (self._config.path / "data.mdb").is_file()
+
     def open(self, *, owner: bool = True, readonly: bool = False) -> None:
         """Open or create the environment, check its schema, load the counters, start the writer.
 
@@ -242,6 +246,8 @@ class LmdbQueue:
     def _require_writer(self) -> Writer:
         writer = self._writer
         if writer is None:
+            if self._handles is not None:
+                raise StorageError("the queue was opened read-only")
             raise ShuttingDownError("the queue is not open")
         return writer
 
@@ -295,8 +301,17 @@ class LmdbQueue:
         ledger = self._ledger
         with ledger.lock:
             h = self._handles
-            if h is None:
-                return self._last_stats or self._snapshot(ledger.counters, 0, 0, None, 0)
+            if h is None:  # the counters this process committed last, the rest as last read
+                last = self._last_stats
+                if last is None:
+                    return self._snapshot(ledger.counters, 0, 0, None, 0)
+                return self._snapshot(
+                    ledger.counters,
+                    last.dedupe_keys,
+                    last.corrupt_records,
+                    last.oldest_enqueued_at,
+                    last.storage_used_bytes,
+                )
             with h.env.begin() as txn:
                 c = read_counters(txn, h) or ledger.counters
                 stats = self._snapshot(

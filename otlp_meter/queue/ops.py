@@ -11,6 +11,7 @@ storage is full.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
@@ -85,7 +86,8 @@ class AppendOp(Op[AppendResult]):
             if not 0 < len(key) <= g.max_key_size:
                 raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
 
-        g.check_room(sum(len(r) for _, r in records), sum(len(r) for _, r in dead))
+        keys = sum(1 for key, _ in records if key) + sum(1 for key, _ in dead if key)
+        g.check_room(sum(len(r) for _, r in records), sum(len(r) for _, r in dead), keys)
         for key, record in records:
             g.put_event(record)
             if key is not None:
@@ -242,12 +244,18 @@ class ReplayOp(Op[ReplayResult]):
                 if key is not None:
                     seen.add(key)
                 records.append((key, codec.encode_event(event, g.now_ns)))
+            if item.rejected:
+                first_dead_ns, attempts = _history(raw, g.now_ns)
             for rejection in item.rejected:
                 key = codec.rejection_dedupe_key(rejection) if g.dedupe else None
-                letter = codec.dead_record_for_rejection(rejection, g.now_ns)
+                # Keeps when the record first died (replays map it with that time, so they stay
+                # deterministic) and counts the attempt.
+                letter = codec.dead_record_for_rejection(rejection, first_dead_ns)
+                letter = dataclasses.replace(letter, attempts=attempts + 1)
                 dead.append((key, codec.encode_dead_letter(letter)))
 
-        g.check_room(sum(len(r) for _, r in records), max(0, sum(len(r) for _, r in dead) - freed))
+        keys = sum(1 for key, _ in records if key) + sum(1 for key, _ in dead if key)
+        g.check_room(sum(len(r) for _, r in records), max(0, sum(len(r) for _, r in dead) - freed), keys)
         for seq in present:
             g.pop_dead(seq)
         for key, record in records:
@@ -274,3 +282,12 @@ class ReplayOp(Op[ReplayResult]):
             rejected=len(dead),
             missing=len(self.items) - len(present),
         )
+
+
+def _history(raw: bytes, now_ns: int) -> tuple[int, int]:
+    """(first dead time, attempts) of a stored dead letter; (now, 0) if it cannot be decoded."""
+    try:
+        old = codec.decode_dead_letter(raw)
+    except codec.CorruptRecordError:
+        return now_ns, 0
+    return old.dead_unix_nano, old.attempts

@@ -28,6 +28,8 @@ from otlp_meter.queue.ledger import Handles, Ledger, read_counters
 from otlp_meter.queue.ops import AppendOp, Op, PruneOp
 from otlp_meter.telemetry.logging import get_logger
 
+__all__ = ["GROUP_MAX_BYTES", "PRUNE_BATCH", "PRUNE_INTERVAL", "Group", "Writer"]  # Group: moved, kept here
+
 log = get_logger("queue")
 
 
@@ -161,20 +163,20 @@ class Writer:
         except Exception as exc:
             failure = _commit_failure(exc)
             growing = [op for op in ops if op.grows]
-            if _is_space_failure(exc) and growing:
-                self._mark_full(ops)
             rest = [op for op in ops if not op.grows]
-            if _is_space_failure(exc) and growing and rest:
-                # Out of space: what only deletes (acks above all) must still get through, or a
-                # full disk could never drain. The growing operations fail; their senders retry.
-                log.warning("queue_storage_full", error=repr(exc), refused=len(growing), retrying=len(rest))
-                for op in growing:
+            if not (_is_space_failure(exc) and growing):
+                log.exception("queue_commit_failed", operations=len(ops), error=repr(exc))
+                for op in ops:
                     _settle_threadsafe(op, None, failure())
-                self._commit(rest)
                 return
-            log.exception("queue_commit_failed", operations=len(ops), error=repr(exc))
-            for op in ops:
+            # Out of space: what only deletes (acks above all) must still get through, or a full
+            # disk could never drain. The growing operations fail retryably; their senders retry.
+            log.warning("queue_storage_full", error=str(exc), refused=len(growing), retrying=len(rest))
+            self._mark_full(ops)
+            for op in growing:
                 _settle_threadsafe(op, None, failure())
+            if rest:
+                self._commit(rest)
             return
         self._publish(group, ops, outcomes)
 

@@ -8,7 +8,8 @@ the body that carried it (protobuf, or JSON whose strings are at least as long a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
@@ -21,24 +22,31 @@ from otlp_meter.receivers.config import LimitsConfig
 _SETTING = "receivers.limits"
 
 
+_ATTRIBUTES = operator.attrgetter("attributes")
+
+
 def check_limits(request: Message, wire_size: int, limits: LimitsConfig) -> None:
     """Raise LimitExceededError naming the first record (by its path in the request) over a limit."""
+    most = limits.max_attributes_per_record
     walk_values = wire_size > limits.max_attribute_value_size
-    for path, attributes in _attribute_sets(request):
-        if len(attributes) > limits.max_attributes_per_record:
+    for where, holders in _attribute_holders(request):
+        counts = list(map(len, map(_ATTRIBUTES, holders)))  # C-level loops: this runs on every request
+        if counts and max(counts) > most:
+            at = next(i for i, n in enumerate(counts) if n > most)
             raise LimitExceededError(
-                f"{path()} has {len(attributes)} attributes; at most {limits.max_attributes_per_record} "
-                f"are taken ({_SETTING}.max_attributes_per_record)",
+                f"{where.format(at)} has {counts[at]} attributes; at most {most} are taken "
+                f"({_SETTING}.max_attributes_per_record)",
                 "attributes",
             )
         if walk_values:
-            for kv in attributes:
-                if _too_large(kv.value, limits.max_attribute_value_size, 0):
-                    raise LimitExceededError(
-                        f"{path()} attribute {kv.key[:64]!r} is larger than "
-                        f"{limits.max_attribute_value_size} bytes ({_SETTING}.max_attribute_value_size)",
-                        "attribute_value",
-                    )
+            for at, holder in enumerate(holders):
+                for kv in holder.attributes:
+                    if _too_large(kv.value, limits.max_attribute_value_size, 0):
+                        raise LimitExceededError(
+                            f"{where.format(at)} attribute {kv.key[:64]!r} is larger than "
+                            f"{limits.max_attribute_value_size} bytes ({_SETTING}.max_attribute_value_size)",
+                            "attribute_value",
+                        )
 
 
 def _too_large(value: Any, limit: int, depth: int) -> bool:
@@ -57,47 +65,24 @@ def _too_large(value: Any, limit: int, depth: int) -> bool:
     return False
 
 
-class _Path:
-    """A record's place in the request, formatted only when an error needs it."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, *parts: tuple[str, int | None]) -> None:
-        self.parts = parts
-
-    def __call__(self) -> str:
-        return ".".join(name if index is None else f"{name}[{index}]" for name, index in self.parts)
-
-
-def _attribute_sets(request: Message) -> Iterable[tuple[_Path, Any]]:
-    """(path, repeated KeyValue) of every resource, scope, log record and data point."""
+def _attribute_holders(request: Message) -> Iterator[tuple[str, Sequence[Any]]]:
+    """Groups of messages with ``attributes`` (resources, scopes, log records, data points), each
+    with the path of its members as a template for ``str.format(index)``."""
     if isinstance(request, ExportLogsServiceRequest):
-        for i, rl in enumerate(request.resource_logs):
-            yield _Path(("resource_logs", i), ("resource", None)), rl.resource.attributes
+        resources = request.resource_logs
+        yield "resource_logs[{}].resource", [r.resource for r in resources]
+        for i, rl in enumerate(resources):
+            yield f"resource_logs[{i}].scope_logs[{{}}].scope", [s.scope for s in rl.scope_logs]
             for j, sl in enumerate(rl.scope_logs):
-                yield _Path(("resource_logs", i), ("scope_logs", j), ("scope", None)), sl.scope.attributes
-                for k, record in enumerate(sl.log_records):
-                    yield (
-                        _Path(("resource_logs", i), ("scope_logs", j), ("log_records", k)),
-                        record.attributes,
-                    )
+                yield f"resource_logs[{i}].scope_logs[{j}].log_records[{{}}]", sl.log_records
     elif isinstance(request, ExportMetricsServiceRequest):
-        for i, rm in enumerate(request.resource_metrics):
-            yield _Path(("resource_metrics", i), ("resource", None)), rm.resource.attributes
+        resources_m = request.resource_metrics
+        yield "resource_metrics[{}].resource", [r.resource for r in resources_m]
+        for i, rm in enumerate(resources_m):
+            yield f"resource_metrics[{i}].scope_metrics[{{}}].scope", [s.scope for s in rm.scope_metrics]
             for j, sm in enumerate(rm.scope_metrics):
-                yield (
-                    _Path(("resource_metrics", i), ("scope_metrics", j), ("scope", None)),
-                    sm.scope.attributes,
-                )
                 for m, metric in enumerate(sm.metrics):
                     kind = metric.WhichOneof("data")
-                    if kind is None:
-                        continue
-                    for k, point in enumerate(getattr(metric, kind).data_points):
-                        where = (
-                            ("resource_metrics", i),
-                            ("scope_metrics", j),
-                            ("metrics", m),
-                            ("data_points", k),
-                        )
-                        yield _Path(*where), point.attributes
+                    if kind is not None:
+                        where = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{m}].data_points[{{}}]"
+                        yield where, getattr(metric, kind).data_points

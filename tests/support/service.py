@@ -43,12 +43,26 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_DROP_PRIVILEGES_AND_RUN = """
+import os, pwd, sys
+import uvloop, otlp_meter.cli, otlp_meter.service  # imported as root: the code may be unreadable to the user
+user = pwd.getpwnam(sys.argv[1])
+os.setgroups([])
+os.setgid(user.pw_gid)
+os.setuid(user.pw_uid)
+os.environ["HOME"] = user.pw_dir
+sys.exit(otlp_meter.cli.main(sys.argv[2:]))
+"""
+
+
 class ServiceProcess:
     """``otlp-meter run --config …`` with ports and directories of its own.
 
     ``config`` is merged over a base that listens on 127.0.0.1 free ports, keeps its queue in
     ``workdir/data``, flushes batches quickly and retries fast (so tests await events, not timers).
-    ``user`` runs the process as that user (the test must be root for that).
+    ``user`` runs the service as that user (the test must be root): the process starts as root,
+    imports what the service needs (the checkout may not be readable by that user), then drops to
+    the user before it reads its config, opens its queue or binds a port.
     """
 
     def __init__(
@@ -107,14 +121,13 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.telemetry_port}"
 
     def start(self, timeout: float = 20.0) -> ServiceProcess:
+        command = ["run", "--config", str(self.config_path)]
+        if self.user is None:
+            argv = [sys.executable, "-m", "otlp_meter", *command]
+        else:
+            argv = [sys.executable, "-c", _DROP_PRIVILEGES_AND_RUN, self.user, *command]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "otlp_meter", "run", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                user=self.user,
-            )
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.wait_ready(timeout)
         return self
 

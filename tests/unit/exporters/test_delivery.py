@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from otlp_meter.exporters.retry import Verdict
 from otlp_meter.exporters.sink import SendResult
 from tests.unit.exporters.conftest import HarnessFactory
@@ -235,3 +237,20 @@ async def test_a_batch_refused_while_stopping_is_not_split_further_and_stays_que
     stats = h.queue.stats()
     assert (stats.depth, stats.leased, stats.dead_letters) == (4, 0, 0)
     h.assert_accounted()
+
+
+async def test_events_appended_without_a_wakeup_are_found_by_the_idle_recheck(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `otlp-meter dlq replay` does from another process: commit events nobody here is told about.
+    monkeypatch.setattr("otlp_meter.exporters.delivery._IDLE_RECHECK_INTERVAL", 0.01)
+    sink = ScriptedSink()
+    h = make_harness(sink, exporter_config())
+    monkeypatch.setattr(h.exporter, "notify", lambda: None)
+    await yield_to_the_loop()  # the exporter is idle, waiting
+
+    await h.append(cloud_events(3))
+
+    await sink.wait_until(lambda: len(sink.delivered) == 3)
+    await h.stop()
+    assert_drained(h, delivered=3)

@@ -10,6 +10,7 @@ import gzip
 
 import orjson
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from tests.unit.receivers.conftest import counter_metrics, genai_logs, mixed_log
 
 ANSWERS = {200, 400, 413, 415}
 LIMIT = 64 * 1024
-SEEDS = {
+SEEDS: dict[str, list[Message]] = {
     "/v1/logs": [genai_logs("acme", "globex"), mixed_logs()],
     "/v1/metrics": [counter_metrics("acme", "globex")],
 }

@@ -12,7 +12,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
 from otlp_meter.errors import (
+    AuthenticationError,
     DecodeError,
+    InvalidEventError,
+    LimitExceededError,
     PayloadTooLargeError,
     QueueFullError,
     RetryableError,
@@ -20,6 +23,7 @@ from otlp_meter.errors import (
     StorageError,
     UnsupportedMediaTypeError,
 )
+from otlp_meter.http_server import RequestTimeoutError
 from otlp_meter.receivers.status import METHOD_NOT_ALLOWED, NOT_FOUND, Refusal, refusal_for
 
 Code = grpc.StatusCode
@@ -32,6 +36,16 @@ TABLE: list[tuple[BaseException, grpc.StatusCode, int, str, bool]] = [
     (StorageError("lmdb failed"), Code.UNAVAILABLE, 503, "storage", True),
     (RetryableError("later"), Code.UNAVAILABLE, 503, "unavailable", True),
     (RuntimeError("a bug of ours"), Code.UNAVAILABLE, 503, "internal", True),
+    (InvalidEventError([(1, "subject", "is required")]), Code.INVALID_ARGUMENT, 400, "malformed", False),
+    (
+        LimitExceededError("too many attributes", "attributes"),
+        Code.INVALID_ARGUMENT,
+        400,
+        "limit_exceeded",
+        False,
+    ),
+    (AuthenticationError("invalid"), Code.UNAUTHENTICATED, 401, "unauthenticated", False),
+    (RequestTimeoutError("slow body"), Code.DEADLINE_EXCEEDED, 408, "timeout", False),
 ]
 
 
@@ -104,3 +118,12 @@ def test_wrong_method_and_unknown_path_are_permanent() -> None:
     assert (NOT_FOUND.http_status, NOT_FOUND.retry_after) == (404, None)
     assert retry_info(METHOD_NOT_ALLOWED) is None
     assert retry_info(NOT_FOUND) is None
+
+
+@pytest.mark.parametrize(("exc", "_grpc", "http_status", "_reason", "_retryable"), TABLE)
+def test_the_events_api_answers_like_otlp_http_except_a_content_type_is_400_as_openmeter_does(
+    exc: BaseException, _grpc: object, http_status: int, _reason: str, _retryable: bool
+) -> None:
+    expected = 400 if isinstance(exc, UnsupportedMediaTypeError) else http_status
+
+    assert refusal_for(exc).events_api_status == expected
