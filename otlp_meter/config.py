@@ -20,6 +20,7 @@ from otlp_meter.exporters.config import ExporterConfig
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.receivers.config import ReceiversConfig
 from otlp_meter.rules.model import RulesConfig
+from otlp_meter.sources.config import SourcesConfig
 from otlp_meter.telemetry.config import TelemetryConfig
 
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\}")
@@ -61,6 +62,10 @@ class Config(Section):
     rules: RulesConfig = Field(default_factory=RulesConfig, description="How records become CloudEvents.")
     queue: QueueConfig = Field(default_factory=QueueConfig, description="The durable on-disk queue.")
     exporter: ExporterConfig = Field(default_factory=ExporterConfig, description="Where events go.")
+    sources: SourcesConfig = Field(
+        default_factory=SourcesConfig,
+        description="Producers inside the service: Kubernetes, Prometheus, S3, Run:ai.",
+    )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Metrics, health, logs.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="Process lifecycle.")
 

@@ -7,20 +7,24 @@ reports what happened. It answers only after the commit.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otlp_meter.errors import ShuttingDownError
 from otlp_meter.events import EncodedEvent
 from otlp_meter.queue.lmdb_queue import LmdbQueue
+from otlp_meter.rules.delta import StreamStates
 from otlp_meter.rules.engine import MappingResult, RulesEngine
 from otlp_meter.telemetry.metrics import Metrics
 
 MAX_REASONS_IN_MESSAGE = 3
+_CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,14 @@ class Pipeline:
         self._metrics = metrics
         self._clock_ns = clock_ns
         self._open = True
+        self._streams: StreamStates | None = None
+        # Cumulative-to-delta reads and advances per-stream state: mapping and committing one request
+        # must finish before the next request's mapping reads that state.
+        self._streams_lock = asyncio.Lock()
+
+    def open_streams(self) -> None:
+        """Load cumulative stream state from the queue (call once, after the queue is open)."""
+        self._streams = self._engine.stream_states(self._queue.get_state, self._clock_ns())
 
     def close_intake(self) -> None:
         """From now on every ingest is refused with the retryable ShuttingDownError."""
@@ -68,11 +80,37 @@ class Pipeline:
     async def ingest_metrics(
         self, request: ExportMetricsServiceRequest, state: Mapping[bytes, bytes | None] | None = None
     ) -> IngestResult:
-        """Like :meth:`ingest_logs`, for metric data points."""
-        self._check_open()
-        return await self._commit("metrics", self._engine.map_metrics(request, self._clock_ns()), state)
+        """Like :meth:`ingest_logs`, for metric data points.
 
-    async def ingest_events(self, events: Sequence[EncodedEvent]) -> IngestResult:
+        Requests with cumulative points are mapped and committed one at a time, so each sees the
+        stream state the previous one committed; if the commit fails the state is rolled back, so
+        the sender's retry is billed exactly once.
+        """
+        self._check_open()
+        if self._streams is None or not _has_cumulative(request):
+            return await self._commit("metrics", self._engine.map_metrics(request, self._clock_ns()), state)
+        streams = self._streams
+        async with self._streams_lock:
+            mapped = self._engine.map_metrics(request, self._clock_ns(), streams)
+            commit = asyncio.ensure_future(
+                self._commit("metrics", mapped, {**(state or {}), **mapped.state_updates})
+            )
+            try:
+                return await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # The caller went away; hold the lock until the commit settles either way.
+                await asyncio.wait([commit])
+                if (commit.cancelled() or commit.exception() is not None) and mapped.state_token is not None:
+                    streams.rollback(mapped.state_token)
+                raise
+            except BaseException:
+                if mapped.state_token is not None:
+                    streams.rollback(mapped.state_token)
+                raise
+
+    async def ingest_events(
+        self, events: Sequence[EncodedEvent], state: Mapping[bytes, bytes | None] | None = None
+    ) -> IngestResult:
         """Commit ready CloudEvents (the events API) as they are, with their own ids; returns after
         the synced commit. Copies within the dedupe window are dropped and counted.
 
@@ -81,7 +119,7 @@ class Pipeline:
         """
         self._check_open()
         mapped = MappingResult(events=list(events), rejected=[], records=len(events), unmatched=0, matched={})
-        return await self._commit("events", mapped, None)
+        return await self._commit("events", mapped, state)
 
     def _check_open(self) -> None:
         if not self._open:
@@ -110,3 +148,17 @@ class Pipeline:
             more = len(mapped.rejected) - len(reasons)
             message = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
         return IngestResult(mapped.records, mapped.rejected_records, message, n_appended, n_dedup)
+
+
+def _has_cumulative(request: ExportMetricsServiceRequest) -> bool:
+    """True when any sum or histogram in ``request`` is cumulative (cheap: per metric, not per point)."""
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if (
+                    kind in ("sum", "histogram", "exponential_histogram")
+                    and getattr(metric, kind).aggregation_temporality == _CUMULATIVE
+                ):
+                    return True
+    return False

@@ -31,6 +31,8 @@ from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver
 from otlp_meter.receivers.otlp_http import otlp_http_app
 from otlp_meter.receivers.tls import ServerTls
 from otlp_meter.rules.engine import RulesEngine
+from otlp_meter.sources.config import build_sources
+from otlp_meter.sources.runner import PipelineSink, SourceRunner
 from otlp_meter.telemetry.logging import get_logger
 from otlp_meter.telemetry.metrics import Metrics, QueueGauges
 from otlp_meter.telemetry.server import telemetry_app
@@ -58,6 +60,7 @@ class Service:
         self.exporter: Exporter | None = None
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
         self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)
+        self.sources = SourceRunner(build_sources(config.sources), PipelineSink(self.pipeline, self.queue))
         self._stopping = False
         self._started = False
         self.grpc: OtlpGrpcReceiver | None = None
@@ -121,6 +124,7 @@ class Service:
     async def start(self) -> None:
         cfg = self.config
         self.queue.open()
+        self.pipeline.open_streams()
         self.metrics.observe_queue(self._queue_gauges)
         self.exporter = Exporter(self.queue, build_sink(self.target, cfg), cfg.exporter, self.metrics)
         await self.telemetry.start()
@@ -153,6 +157,7 @@ class Service:
             )
             await self.events.start()
         self.exporter.start()
+        self.sources.start()
         self._started = True
         stats = self.queue.stats()
         log.info(
@@ -168,6 +173,7 @@ class Service:
             queued_events=stats.depth,
             dead_letters=stats.dead_letters,
             rules=len(self.engine.rule_names),
+            sources=self.sources.names,
             exporter=self.target.describe(),
         )
         if self.target.kind == "file":
@@ -191,6 +197,7 @@ class Service:
         self._stopping = True
         log.info("shutdown_started", timeout=self.config.service.shutdown_timeout)
         grace = self.config.service.shutdown_timeout / 2
+        await self.sources.stop(grace)
         receivers = []
         if self.grpc is not None:
             receivers.append(self.grpc.stop(grace))
@@ -219,6 +226,7 @@ class Service:
     async def _abort_start(self) -> None:
         """Undo a partial start (e.g. a port in use) so the process exits cleanly."""
         self._stopping = True
+        await self.sources.stop(0)
         if self.grpc is not None:
             await self.grpc.stop(0)
         if self.http is not None:

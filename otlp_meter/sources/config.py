@@ -7,19 +7,23 @@ from pydantic import Field
 from otlp_meter.config_types import Section
 from otlp_meter.sources import kubernetes, prometheus, runai, s3
 from otlp_meter.sources.base import Source
+from otlp_meter.sources.kubernetes import KubernetesSourceConfig
+from otlp_meter.sources.prometheus import PrometheusSourceConfig
+from otlp_meter.sources.runai import RunaiSourceConfig
+from otlp_meter.sources.s3 import S3SourceConfig
 
 
 class SourcesConfig(Section):
-    prometheus: list[prometheus.PrometheusSourceConfig] = Field(
+    prometheus: list[PrometheusSourceConfig] = Field(
         default_factory=list, description="Prometheus instant queries run at aligned ticks."
     )
-    s3: list[s3.S3SourceConfig] = Field(
+    s3: list[S3SourceConfig] = Field(
         default_factory=list, description="Usage files in S3-compatible buckets, each object once."
     )
-    kubernetes: kubernetes.KubernetesSourceConfig | None = Field(
+    kubernetes: KubernetesSourceConfig | None = Field(
         None, description="Pod allocation (CPU, memory, GPUs) of this node's pods, per tick."
     )
-    runai: list[runai.RunaiSourceConfig] = Field(
+    runai: list[RunaiSourceConfig] = Field(
         default_factory=list, description="Run:ai workload/pod GPU metrics, per tick."
     )
 
