@@ -117,6 +117,10 @@ class Writer:
                 group.append(op)
             prune = PruneOp(now=None, limit=PRUNE_BATCH) if prune_now else None
             if prune is not None:
+                # An admin command killed mid-read leaves a reader slot that would pin old pages
+                # (and so grow the file) until the next restart; free such slots as we go.
+                with contextlib.suppress(lmdb.Error):
+                    self._h.env.reader_check()
                 group.append(prune)
             self._commit(group)
             if prune is not None:

@@ -239,21 +239,37 @@ async def deliver(
     return None
 
 
-async def run_until_stopped(stop: asyncio.Event, *loops: Coroutine[Any, Any, None]) -> None:
+async def run_until_stopped(
+    stop: asyncio.Event,
+    *loops: Callable[[], Awaitable[None]],
+    restart: BackoffConfig | None = None,
+    wait: Wait = wait_or_stop,
+) -> None:
     """Run ``loops`` concurrently until ``stop`` is set, then cancel what is still running.
 
-    Cancelling is safe at any await: a commit either happened with its cursor or not at all.
-    Each loop is expected to handle its own failures; one that raises is logged and ends alone.
+    Cancelling is safe at any await: a commit either happened with its cursor or not at all. A loop
+    that raises (a bug, an error nobody foresaw) is logged with its traceback and started again after
+    a backoff, so one surprise does not end metering silently; a loop that returns is done.
     """
-    tasks = [asyncio.ensure_future(loop) for loop in loops]
+
+    async def guarded(loop: Callable[[], Awaitable[None]]) -> None:
+        delays = (restart or BackoffConfig()).delays()
+        while not stop.is_set():
+            try:
+                await loop()
+                return
+            except Exception:
+                delay = next(delays)
+                _log.exception("source_loop_failed", restart_in=delay)
+                if await wait(stop, delay):
+                    return
+
+    tasks = [asyncio.ensure_future(guarded(loop)) for loop in loops]
     waiter = asyncio.ensure_future(stop.wait())
     try:
         pending: set[asyncio.Future[Any]] = {*tasks, waiter}
         while not stop.is_set() and (not tasks or any(not t.done() for t in tasks)):
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not waiter and not task.cancelled() and (exc := task.exception()) is not None:
-                    _log.error("source_loop_failed", error=f"{type(exc).__name__}: {exc}")
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (*tasks, waiter):
             task.cancel()

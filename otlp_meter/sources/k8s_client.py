@@ -79,7 +79,7 @@ class KubeClient:
                 configuration.api_key = {"BearerToken": token}
                 configuration.api_key_prefix = {"BearerToken": "Bearer"}
         elif kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
             await k8s_config.load_kube_config(
@@ -105,7 +105,7 @@ class KubeClient:
         limit: int,
         continue_token: str | None = None,
     ) -> Obj:
-        """One page of a pod list (``kind: PodList``: ``metadata.resourceVersion``/``continue``, ``items``)."""
+        """One page of a pod list: ``metadata.resourceVersion`` / ``continue`` and ``items``."""
         response = await self._call(
             namespace,
             field_selector=field_selector or None,
@@ -167,7 +167,9 @@ class KubeClient:
 
     async def get_node(self, name: str) -> Obj:
         """The node object (for its labels)."""
-        response = await self._core.read_node(name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        response: Any = await self._core.read_node(
+            name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+        )
         async with response:
             body = await response.read()
             if response.status != 200:

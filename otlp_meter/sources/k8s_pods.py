@@ -192,7 +192,9 @@ def scheduled_at(pod: Pod) -> Fraction | None:
             if when is not None:
                 return when
     status = pod.get("status") or {}
-    return parse_time(status.get("startTime")) or parse_time((pod.get("metadata") or {}).get("creationTimestamp"))
+    return parse_time(status.get("startTime")) or parse_time(
+        (pod.get("metadata") or {}).get("creationTimestamp")
+    )
 
 
 def run_window(

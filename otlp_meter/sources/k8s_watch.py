@@ -13,17 +13,17 @@ watching, so a pod deleted while the API server was unreachable is never billed 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
-from otlp_meter.sources.base import Clock, backoff_delays, wait_or_stop
+from otlp_meter.sources.base import BackoffConfig, Clock, SourceStats, Wait, wait_or_stop
 from otlp_meter.sources.k8s_client import Obj, ResourceGoneError
 from otlp_meter.sources.k8s_pods import TERMINAL_PHASES, first_container_start
+from otlp_meter.telemetry.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("sources.kubernetes")
 
 
 class PodApi(Protocol):
@@ -63,18 +63,6 @@ class PodEntry:
     @property
     def uid(self) -> str:
         return str(self.pod["metadata"]["uid"])
-
-
-@dataclass(slots=True)
-class WatchStats:
-    """Counters of the watchers (exported by the source's metrics hook)."""
-
-    lists: int = 0
-    relists_gone: int = 0
-    watch_restarts: int = 0
-    errors: int = 0
-    events: int = 0
-    bookmarks: int = 0
 
 
 class PodCache:
@@ -153,12 +141,11 @@ class PodWatcher:
     field_selector: str | None
     label_selector: str | None
     clock: Clock
+    stats: SourceStats
     page_size: int = 500
     watch_timeout: int = 300
-    retry_initial: float = 1.0
-    retry_cap: float = 30.0
-    stats: WatchStats = field(default_factory=WatchStats)
-    on_change: Callable[[], None] = lambda: None
+    backoff: BackoffConfig = field(default_factory=lambda: BackoffConfig(initial=1.0, max=30.0))
+    wait: Wait = wait_or_stop
 
     @property
     def scope(self) -> str:
@@ -172,29 +159,33 @@ class PodWatcher:
         self.cache.register(self.scope)
         resource_version: str | None = None
         lost_since = self._now()
-        delays = backoff_delays(self.retry_initial, self.retry_cap)
+        delays = self.backoff.delays()
         while not stop.is_set():
             try:
                 if resource_version is None:
                     resource_version = await self._list(lost_since)
                 resource_version = await self._watch(resource_version, stop)
-                self.stats.watch_restarts += 1
-                delays = backoff_delays(self.retry_initial, self.retry_cap)
+                delays = self.backoff.delays()
             except ResourceGoneError as gone:
-                log.info("pod watch %s: %s; listing again", self.scope, gone)
-                self.stats.relists_gone += 1
+                # The resourceVersion is older than the API server keeps: list again, then watch.
+                log.info("pod_watch_expired", scope=self.scope, error=str(gone))
+                self.stats.add("pod_relists")
                 lost_since = self._now()
                 self.cache.set_healthy(self.scope, False)
                 resource_version = None
-            except Exception as error:  # noqa: BLE001 - any API or network failure: back off, retry
+            except Exception as error:  # any API or network failure: back off, watch again
                 if self.cache.scope_healthy(self.scope):
                     lost_since = self._now()
                 self.cache.set_healthy(self.scope, False)
-                self.stats.errors += 1
+                self.stats.add("pod_watch_errors")
                 delay = next(delays)
-                log.warning("pod watch %s failed (%s); retrying in %.0fs", self.scope, error, delay)
-                self.on_change()
-                if await wait_or_stop(stop, delay):
+                log.warning(
+                    "pod_watch_failed",
+                    scope=self.scope,
+                    error=f"{type(error).__name__}: {error}",
+                    retry_in=round(delay, 3),
+                )
+                if await self.wait(stop, delay):
                     break
         self.cache.set_healthy(self.scope, False)
 
@@ -215,10 +206,10 @@ class PodWatcher:
             if continue_token is None:
                 break
         gone = self.cache.replace(self.scope, pods, self._now(), lost_since)
-        self.stats.lists += 1
+        self.stats.add("pod_lists")
+        self.stats.set("pods_cached", len(self.cache))
         self.cache.set_healthy(self.scope, True)
-        log.info("pod list %s: %d pods (%d went while not watching)", self.scope, len(pods), gone)
-        self.on_change()
+        log.info("pod_list_done", scope=self.scope, pods=len(pods), gone_while_not_watching=gone)
         return str(metadata.get("resourceVersion") or "")
 
     async def _watch(self, resource_version: str, stop: asyncio.Event) -> str:
@@ -256,12 +247,12 @@ class PodWatcher:
         kind, obj = event.get("type"), event["object"]
         version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
         if kind == "BOOKMARK":
-            self.stats.bookmarks += 1
+            self.stats.add("pod_watch_bookmarks")
             return version
-        self.stats.events += 1
+        self.stats.add("pod_watch_events")
         if kind in ("ADDED", "MODIFIED"):
             self.cache.upsert(obj, self.scope, self._now())
         elif kind == "DELETED":
             self.cache.delete(obj, self.scope, self._now())
-        self.on_change()
+        self.stats.set("pods_cached", len(self.cache))
         return version

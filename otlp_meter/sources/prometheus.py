@@ -174,7 +174,8 @@ class PrometheusSource:
             transport=self._transport,
         )
         async with client:
-            await run_until_stopped(stop, *(self._run_query(client, q, sink, stop) for q in c.queries))
+            loops = [functools.partial(self._run_query, client, q, sink, stop) for q in c.queries]
+            await run_until_stopped(stop, *loops, restart=c.backoff, wait=self._wait)
 
     async def _run_query(
         self, client: httpx.AsyncClient, query: PrometheusQueryConfig, sink: SourceSink, stop: asyncio.Event

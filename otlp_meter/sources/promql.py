@@ -128,7 +128,9 @@ def points_request(
     points = metric.gauge.data_points
     for labels, value in series:
         point = points.add(time_unix_nano=time_ns, as_double=value)
-        point.attributes.extend(key_values({**labels, QUERY_NAME_ATTRIBUTE: query_name}))
+        # Sorted: equal series serialize, and so hash to event ids, equally whatever the label order.
+        attributes = {**dict(sorted(labels.items())), QUERY_NAME_ATTRIBUTE: query_name}
+        point.attributes.extend(key_values(attributes))
     return request
 
 

@@ -30,9 +30,9 @@ class PipelineSink:
     def __init__(self, directory: Path, packs: Sequence[str] = ("prometheus", "s3")) -> None:
         self.queue = LmdbQueue(QueueConfig.model_validate({"directory": directory, "sync": False}))
         self.queue.open()
-        self.metrics = Metrics()
+        self.telemetry = Metrics()
         engine = RulesEngine.from_config(RulesConfig(packs=list(packs)))
-        self.pipeline = Pipeline(engine, self.queue, self.metrics)
+        self.pipeline = Pipeline(engine, self.queue, self.telemetry)
         self.refuse = 0
         self.refused = 0
         self.calls: list[tuple[str, int, dict[bytes, bytes | None]]] = []

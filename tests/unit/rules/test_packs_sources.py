@@ -43,34 +43,76 @@ POD = {
     "k8s.pod.name": "api-7d9f",
     "k8s.pod.uid": "0b7e-11",
     "k8s.node.name": "node-3",
+    "k8s.deployment.name": "api",
+    "k8s.node.label.nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+}
+ALLOCATION = {
+    "k8s.pod.phase": "Running",
+    "k8s.pod.cpu.request": 0.5,
+    "k8s.pod.cpu.request.time": 30,
+    "k8s.pod.cpu.limit": 1,
+    "k8s.pod.memory.request": 2**28,
+    "k8s.pod.memory.request.time": 60 * 2**28,
+    "k8s.pod.gpu.request": 1,
+    "k8s.pod.gpu.request.time": 60,
+    "k8s.pod.gpu.limit": 1,
+    "k8s.pod.gpu.resource": "nvidia.com/gpu",
 }
 
 
-def pod_usage(resource: Mapping[str, Any] = POD) -> ExportMetricsServiceRequest:
+def pod_usage(resource: Mapping[str, Any] = POD, **allocation: Any) -> ExportMetricsServiceRequest:
+    attrs = {k: v for k, v in {**ALLOCATION, **allocation}.items() if v is not None}
     return source_metrics(
-        "kubernetes",
-        metric("k8s.pod.runtime", "sum", interval(60)),
-        metric("k8s.pod.cpu.request.time", "sum", interval(30.0)),
-        metric("k8s.pod.memory.request.time", "sum", interval(60 * 2**28)),
-        resource=resource,
+        "kubernetes", metric("k8s.pod.runtime", "sum", interval(60, attrs=attrs)), resource=resource
     )
 
 
-def test_kubernetes_pod_usage_bills_runtime_cpu_and_memory() -> None:
+def test_kubernetes_pod_usage_is_one_event_per_pod_and_interval() -> None:
     result = packs("kubernetes").map_metrics(pod_usage(), RECEIVED)
-    common = {"namespace": "team-a", "pod": "api-7d9f", "node": "node-3", "cluster": "prod"}
-    assert [(e["type"], e["subject"], e["time"], e["data"]) for e in events(result)] == [
-        ("kube-pod-runtime", "team-a", "2024-01-01T00:01:00Z", {"seconds": 60, **common}),
-        ("kube-pod-cpu", "team-a", "2024-01-01T00:01:00Z", {"core_seconds": 30, **common}),
-        ("kube-pod-memory", "team-a", "2024-01-01T00:01:00Z", {"byte_seconds": 60 * 2**28, **common}),
-    ]
+    [event] = events(result)
+    assert (event["type"], event["subject"], event["time"]) == ("kube-pod", "team-a", "2024-01-01T00:01:00Z")
+    assert event["data"] == {
+        "seconds": 60,
+        "core_seconds": 30,
+        "byte_seconds": 60 * 2**28,
+        "gpu_seconds": 60,
+        "cpu_request_cores": 0.5,
+        "cpu_limit_cores": 1,
+        "memory_request_bytes": 2**28,
+        "gpu_request": 1,
+        "gpu_limit": 1,
+        "gpu_resource": "nvidia.com/gpu",
+        "gpu_type": "NVIDIA-A100-SXM4-80GB",
+        "phase": "Running",
+        "namespace": "team-a",
+        "pod": "api-7d9f",
+        "pod_uid": "0b7e-11",
+        "node": "node-3",
+        "cluster": "prod",
+        "workload": "api",
+    }
+
+
+def test_kubernetes_unbounded_limits_and_absent_labels_are_left_out() -> None:
+    resource = {k: v for k, v in POD.items() if not k.startswith(("k8s.node.label", "k8s.deployment"))}
+    request = pod_usage(
+        resource, **{"k8s.pod.cpu.limit": None, "k8s.pod.gpu.limit": None, "k8s.pod.gpu.resource": None}
+    )
+    [event] = events(packs("kubernetes").map_metrics(request, RECEIVED))
+    assert not {
+        "cpu_limit_cores",
+        "memory_limit_bytes",
+        "gpu_limit",
+        "gpu_resource",
+        "gpu_type",
+        "workload",
+    } & set(event["data"])
 
 
 @pytest.mark.parametrize(
     ("extra", "subject"),
     [
-        ({"k8s.namespace.label.openmeter.io/subject": "ns-label"}, "ns-label"),
-        ({"k8s.namespace.annotation.openmeter.io/subject": "ns-annotation"}, "ns-annotation"),
+        ({}, "team-a"),
         ({"k8s.pod.label.openmeter.io/subject": "pod-label"}, "pod-label"),
         (
             {
@@ -81,7 +123,9 @@ def test_kubernetes_pod_usage_bills_runtime_cpu_and_memory() -> None:
         ),
     ],
 )
-def test_kubernetes_subject_prefers_the_pod_then_the_namespace(extra: dict[str, str], subject: str) -> None:
+def test_kubernetes_subject_prefers_the_pod_annotation_then_label_then_namespace(
+    extra: dict[str, str], subject: str
+) -> None:
     result = packs("kubernetes").map_metrics(pod_usage({**POD, **extra}), RECEIVED)
     assert {e["subject"] for e in events(result)} == {subject}
 
@@ -143,10 +187,13 @@ def test_runai_gpu_allocation_bills_the_project() -> None:
         "runai.department.name": "research",
         "runai.project.name": "llm-team",
         "runai.workload.name": "finetune-42",
+        "runai.workload.id": "wl-42",
         "runai.workload.type": "training",
     }
+    attrs = {"runai.seconds": 60, "runai.gpu_allocation": 4, "runai.gpu_utilization": 87.5}
+    point = interval(240.0, attrs=attrs)
     request = source_metrics(
-        "runai", metric("runai.workload.gpu.allocation.time", "sum", interval(240.0)), resource=workload
+        "runai", metric("runai.workload.gpu.allocation.time", "sum", point), resource=workload
     )
     [event] = events(packs("runai").map_metrics(request, RECEIVED))
     assert (event["type"], event["subject"], event["data"]) == (
@@ -154,15 +201,34 @@ def test_runai_gpu_allocation_bills_the_project() -> None:
         "llm-team",
         {
             "gpu_seconds": 240,
+            "seconds": 60,
+            "gpu_allocation": 4,
+            "gpu_utilization": 87.5,
             "project": "llm-team",
             "department": "research",
             "workload": "finetune-42",
+            "workload_id": "wl-42",
             "workload_type": "training",
             "cluster": "dgx",
         },
     )
     by_department = packs("runai", runai={"path": "resource.attributes.runai.department.name"})
     assert [e["subject"] for e in events(by_department.map_metrics(request, RECEIVED))] == ["research"]
+
+
+def test_runai_pod_allocation_names_the_pod_and_node() -> None:
+    pod = {"runai.project.name": "llm-team", "k8s.pod.name": "finetune-42-0", "k8s.node.name": "dgx-1"}
+    point = interval(30.0, attrs={"runai.seconds": 60, "runai.gpu_allocation": 0.5})
+    request = source_metrics("runai", metric("runai.pod.gpu.allocation.time", "sum", point), resource=pod)
+    [event] = events(packs("runai").map_metrics(request, RECEIVED))
+    assert event["data"] == {
+        "gpu_seconds": 30,
+        "seconds": 60,
+        "gpu_allocation": 0.5,
+        "project": "llm-team",
+        "pod": "finetune-42-0",
+        "node": "dgx-1",
+    }
 
 
 def s3_rows(*rows: dict[str, Any]) -> Any:
@@ -207,7 +273,7 @@ def test_source_packs_ignore_look_alike_data_from_elsewhere() -> None:
     k8s_from_an_app.CopyFrom(pod_usage())
     k8s_from_an_app.resource_metrics[0].scope_metrics[0].scope.name = "kubeletstats"
     result = engine.map_metrics(k8s_from_an_app, RECEIVED)
-    assert (result.events, result.rejected, result.unmatched) == ([], [], 3)
+    assert (result.events, result.rejected, result.unmatched) == ([], [], 1)
     rows = s3_rows({"type": "storage", "subject": "acme"})
     rows.resource_logs[0].scope_logs[0].scope.name = "app"
     assert engine.map_logs(rows, RECEIVED).unmatched == 1
