@@ -1,4 +1,4 @@
-"""``otlp-meter run | check | rules test | version``."""
+"""``otlp-meter run | check | rules test | queue stats | dlq list|replay|purge | version``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from otlp_meter import __version__
+from otlp_meter.admin import add_admin_commands
 from otlp_meter.config import Config, load_config
 from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import resolve_target
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="YAML config file (default: embedded defaults)")
     sub.add_parser("version", help="print the version")
     _add_rules_commands(sub)
+    add_admin_commands(sub)
     return parser
 
 
@@ -77,6 +79,7 @@ def _load(path: Path | None) -> tuple[Config, RulesEngine]:
 def check(path: Path | None) -> int:
     try:
         config, engine = _load(path)
+        target = resolve_target(config.exporter, config.queue.directory, os.environ)
     except ConfigError as exc:
         print(
             f"invalid configuration ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
@@ -84,7 +87,6 @@ def check(path: Path | None) -> int:
         )
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG
-    target = resolve_target(config.exporter, config.queue.directory, os.environ)
     print(f"configuration OK: {len(engine.rule_names)} rules; exporter: {target.describe()}")
     return EXIT_OK
 
@@ -128,6 +130,9 @@ def run(path: Path | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     if args.command == "rules":
         from otlp_meter.rules.dry_run import rules_test
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from otlp_meter.config_types import ByteSize, Duration, Section
+from otlp_meter.errors import ConfigError
 
 KONNECT_DEFAULT_URL = "https://us.api.konghq.com/v3/openmeter"
 
@@ -111,7 +112,19 @@ def resolve_target(config: ExporterConfig, data_directory: Path, env: Mapping[st
     """Pick the target: an explicit file path, else OpenMeter from config/env, else the local events file."""
     if config.file.path is not None:
         return Target("file", str(config.file.path))
-    url = config.openmeter.url or env.get("OPENMETER_URL", "").rstrip("/") or None
+    url = config.openmeter.url
+    if url is None and env.get("OPENMETER_URL"):
+        url = env["OPENMETER_URL"].rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                [
+                    (
+                        "exporter.openmeter.url",
+                        "$OPENMETER_URL must be an http(s) URL such as http://localhost:8888",
+                    )
+                ]
+            )
     token = config.openmeter.token
     if token is None and env.get("OPENMETER_TOKEN"):
         token = SecretStr(env["OPENMETER_TOKEN"])

@@ -250,6 +250,7 @@ class S3Source:
                     rows_committed=progress.position.rows,
                     policy="committed rows stand; the rest is read from the new version",
                 )
+            rows_done = progress.position.rows
             while True:
                 rows, finished = await asyncio.to_thread(stream.take, c.batch_rows, BATCH_BYTES)
                 groups = self._groups(rows)
@@ -259,12 +260,13 @@ class S3Source:
                     at = S3Cursor(progress.key) if final else here
                     if await self._commit(sink, stop, items, at, stream.progress) is None:
                         return None
+                    rows_done = last.after.rows
                 if finished:
                     done = S3Cursor(progress.key)
                     if not groups and await self._commit(sink, stop, [], done) is None:
                         return None
                     self.stats.add("objects_completed")
-                    log.info("s3_object_done", source=self.name, key=progress.key, rows=_rows_of(stream))
+                    log.info("s3_object_done", source=self.name, key=progress.key, rows=rows_done)
                     return done
         finally:
             await asyncio.to_thread(stream.close)
@@ -312,10 +314,6 @@ class S3Source:
     def _busy(self, exc: Exception, delay: float) -> None:
         self.stats.add("commits_retried")
         log.warning("s3_commit_retry", source=self.name, error=str(exc), retry_in=delay)
-
-
-def _rows_of(stream: ObjectStream) -> int:
-    return stream.progress.position.rows
 
 
 def make_client(config: S3SourceConfig) -> Any:

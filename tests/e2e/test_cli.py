@@ -122,3 +122,9 @@ def test_konnect_token_posts_to_the_v3_events_path(tmp_path: Path) -> None:
         startup = next(e for e in service.log_events() if e["event"] == "startup")
     assert "kong-token" not in service.logs()
     assert "/v3/openmeter/events" in startup["exporter"]
+
+
+def test_check_refuses_an_openmeter_url_without_a_scheme() -> None:
+    result = otlp_meter("check", env={"OPENMETER_URL": "localhost:8888"})
+    assert result.returncode == 2
+    assert "exporter.openmeter.url: $OPENMETER_URL must be an http(s) URL" in result.stderr

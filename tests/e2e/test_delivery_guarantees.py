@@ -36,7 +36,7 @@ from tests.support.service import ServiceProcess, merge, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ADMIN = [sys.executable, "-m", "otlp_meter.admin"]
+ADMIN = [sys.executable, "-m", "otlp_meter"]
 """The queue/dlq commands (the same handlers ``otlp-meter queue|dlq`` dispatches to)."""
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z in ns
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"

@@ -1,4 +1,4 @@
-"""Sources in-process: a SourceSink over a real Pipeline and a real LmdbQueue in a temp dir."""
+"""Sources in-process: the service's SourceSink over a real Pipeline and LmdbQueue in a temp dir."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from otlp_meter.queue import LmdbQueue, QueueConfig
 from otlp_meter.queue.types import DeadLetterEntry
 from otlp_meter.rules import RulesConfig, RulesEngine
 from otlp_meter.sources.base import Cursor
+from otlp_meter.sources.runner import PipelineSink as ServiceSink
 from otlp_meter.telemetry.metrics import Metrics
 
 
 class PipelineSink:
-    """What the service hands a source: ingest with the cursor, read the cursor back.
+    """The service's sink (``sources.runner.PipelineSink``) over a real pipeline and queue, recording.
 
     ``refuse`` makes the next that many calls fail with QueueFullError (nothing stored), as a
     full queue does. ``calls`` records (signal, record count, cursor) of every accepted call.
@@ -33,6 +34,8 @@ class PipelineSink:
         self.telemetry = Metrics()
         engine = RulesEngine.from_config(RulesConfig(packs=list(packs)))
         self.pipeline = Pipeline(engine, self.queue, self.telemetry)
+        self.pipeline.open_streams()
+        self._sink = ServiceSink(self.pipeline, self.queue)
         self.refuse = 0
         self.refused = 0
         self.calls: list[tuple[str, int, dict[bytes, bytes | None]]] = []
@@ -45,25 +48,24 @@ class PipelineSink:
 
     async def logs(self, request: ExportLogsServiceRequest, cursor: Cursor) -> IngestResult:
         self._maybe_refuse()
-        result = await self.pipeline.ingest_logs(request, state=cursor)
+        result = await self._sink.logs(request, cursor)
         self.calls.append(("logs", result.records, dict(cursor)))
         return result
 
     async def metrics(self, request: ExportMetricsServiceRequest, cursor: Cursor) -> IngestResult:
         self._maybe_refuse()
-        result = await self.pipeline.ingest_metrics(request, state=cursor)
+        result = await self._sink.metrics(request, cursor)
         self.calls.append(("metrics", result.records, dict(cursor)))
         return result
 
     async def events(self, events: list[EncodedEvent], cursor: Cursor) -> IngestResult:
-        # Pipeline.ingest_events takes no state yet: commit events and cursor directly, in one append.
         self._maybe_refuse()
-        appended = await self.queue.append(events, (), cursor)
+        result = await self._sink.events(events, cursor)
         self.calls.append(("events", len(events), dict(cursor)))
-        return IngestResult(len(events), 0, "", appended.appended, appended.deduplicated)
+        return result
 
     def get_state(self, key: bytes) -> bytes | None:
-        return self.queue.get_state(key)
+        return self._sink.get_state(key)
 
     def events_queued(self) -> list[dict[str, Any]]:
         """Every queued event (leased and released again), oldest first."""
