@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from otlp_meter.config_types import Duration, Section
+from otlp_meter.config_types import Duration, Section, StrictYamlLoader
 from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import ExporterConfig
 from otlp_meter.queue.config import QueueConfig
@@ -26,25 +26,6 @@ from otlp_meter.telemetry.config import TelemetryConfig
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)-([^}]*))?\}")
 _VALIDATOR_ERRORS = frozenset({"value_error", "assertion_error"})  # messages written by validators
 _MIN_REDACTED_LENGTH = 3  # shorter inputs ("1", "ab") are not secrets and would mangle messages
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (the silently ignored first one is a classic trap)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # the base class reports unhashable keys
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 class ServiceConfig(Section):
@@ -191,7 +172,7 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")], str(path)) from None
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+        document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         # Only the problem and its position: str(exc) quotes the offending line, maybe a secret.
         mark = getattr(exc, "problem_mark", None)

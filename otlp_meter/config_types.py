@@ -10,6 +10,7 @@ import math
 import re
 from typing import Annotated, Any
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 _DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)\s*")
@@ -117,3 +118,22 @@ class Section(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable after load."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the silently ignored first one is a classic trap)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -10,36 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from otlp_meter.config_types import StrictYamlLoader
 from otlp_meter.errors import ConfigError
 from otlp_meter.rules.compile import CompiledRule, compile_rule
 from otlp_meter.rules.model import FieldSpec, RuleFile, RuleModel, RulesConfig, validation_problems
 
 PACKS_DIR = Path(__file__).resolve().parent.parent / "packs"
 """Where the shipped rule packs live (``otlp_meter/packs`` → the repository's ``rules/``)."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                hash(key)
-            except TypeError:
-                continue  # the base class reports unhashable keys
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def available_packs() -> list[str]:
@@ -60,7 +41,7 @@ def read_rule_file(path: Path) -> list[RuleModel]:
     except OSError as exc:
         raise ConfigError([("", f"cannot read rule file: {exc.strerror or exc}")], source) from None
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"invalid YAML: {exc}")], source) from None
     if not isinstance(document, dict):
