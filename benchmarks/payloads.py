@@ -174,7 +174,7 @@ def _cumulative_metrics(kind: Kind, size: int, client: int, start_ns: int) -> Ex
     scope.scope.name = "bench.meter"
     if kind == "cumulative-sums":
         metric = scope.metrics.add(name="bench.requests", unit="{request}")
-        metric.sum.aggregation_temporality = _CUMULATIVE  # type: ignore[assignment]
+        metric.sum.aggregation_temporality = _CUMULATIVE
         metric.sum.is_monotonic = True
         for i in range(size):
             point = metric.sum.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=_MARK + i)
@@ -184,14 +184,16 @@ def _cumulative_metrics(kind: Kind, size: int, client: int, start_ns: int) -> Ex
             )
     else:
         metric = scope.metrics.add(name="bench.duration", unit="ms")
-        metric.histogram.aggregation_temporality = _CUMULATIVE  # type: ignore[assignment]
+        metric.histogram.aggregation_temporality = _CUMULATIVE
         for i in range(size):
-            point = metric.histogram.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=_MARK + i)
-            point.count = _MARK + (1 << 40) + i
-            point.sum = float(-1_000_000 - i)  # a double marker (sums are never negative)
-            point.bucket_counts.extend([_MARK + (2 << 40) + i] + [0] * len(_HISTOGRAM_BOUNDS))
-            point.explicit_bounds.extend(_HISTOGRAM_BOUNDS)
-            point.attributes.extend(
+            histogram_point = metric.histogram.data_points.add(
+                start_time_unix_nano=start_ns, time_unix_nano=_MARK + i
+            )
+            histogram_point.count = _MARK + (1 << 40) + i
+            histogram_point.sum = float(-1_000_000 - i)  # a double marker (sums are never negative)
+            histogram_point.bucket_counts.extend([_MARK + (2 << 40) + i] + [0] * len(_HISTOGRAM_BOUNDS))
+            histogram_point.explicit_bounds.extend(_HISTOGRAM_BOUNDS)
+            histogram_point.attributes.extend(
                 [_kv("customer.id", f"customer-{client}-{i}"), _kv("http.route", "/api/v1/chat")]
             )
     return request

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 _RESPONSES = {
     204: b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -44,7 +44,9 @@ class StubCounters:
     @classmethod
     def create(cls) -> StubCounters:
         raw = multiprocessing.sharedctypes.RawValue
-        return cls(raw("i", 204), raw("q", 0), raw("q", 0), raw("q", 0), raw("q", 0), raw("d", 0), raw("d", 0))
+        return cls(
+            raw("i", 204), raw("q", 0), raw("q", 0), raw("q", 0), raw("q", 0), raw("d", 0), raw("d", 0)
+        )
 
     def reset(self) -> None:
         for value in (self.events, self.requests, self.refused, self.body_bytes, self.first_ok, self.last_ok):
@@ -56,11 +58,10 @@ class _Ingest(asyncio.Protocol):
         self._counters = counters
         self._buffer = bytearray()
         self._need = -1  # body bytes still expected for the current request; -1: reading a head
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.WriteTransport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -17,13 +17,18 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otlp_meter.errors import ShuttingDownError
-from otlp_meter.events import EncodedEvent
+from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue.lmdb_queue import LmdbQueue
 from otlp_meter.rules.delta import StreamStates
 from otlp_meter.rules.engine import MappingResult, RulesEngine
+from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 from otlp_meter.telemetry.metrics import Metrics
+from otlp_meter.telemetry.spec import rule_rejection_reason
+
+log = get_logger("pipeline")
 
 MAX_REASONS_IN_MESSAGE = 3
+_MAX_DETAIL = 300
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
@@ -51,8 +56,12 @@ class Pipeline:
         self._engine = engine
         self._queue = queue
         self._metrics = metrics
+        # What the queue stored (appended, deduplicated, dead letters …) is counted by the queue's
+        # own ledger, in the same transactions as the data; the metrics read it when scraped.
+        metrics.observe_queue(queue.stats)
         self._clock_ns = clock_ns
         self._open = True
+        self._rejections = ThrottledLog(log, "records_dead_lettered")
         self._streams: StreamStates | None = None
         # Cumulative-to-delta reads and advances per-stream state: mapping and committing one request
         # must finish before the next request's mapping reads that state.
@@ -131,9 +140,7 @@ class Pipeline:
         if mapped.events or mapped.rejected or state:
             started = time.perf_counter()
             appended = await self._queue.append(mapped.events, mapped.rejected, state or {})
-            self._metrics.queue_commit_duration.observe(time.perf_counter() - started)
-            self._metrics.queue_appended.inc(appended.appended)
-            self._metrics.queue_deduplicated.inc(appended.deduplicated)
+            self._metrics.queue_append_duration.observe(time.perf_counter() - started)
             n_appended, n_dedup = appended.appended, appended.deduplicated
         else:
             n_appended = n_dedup = 0
@@ -141,13 +148,36 @@ class Pipeline:
             self._metrics.rules_matched.labels(rule).inc(count)
         if mapped.unmatched:
             self._metrics.rules_unmatched.labels(signal).inc(mapped.unmatched)
+        for outcome, count in mapped.cumulative.items():
+            self._metrics.rules_cumulative_points.labels(outcome).inc(count)
         message = ""
         if mapped.rejected:
-            self._metrics.rules_rejected.labels(signal).inc(mapped.rejected_records)
+            self._report_rejections(signal, mapped.rejected)
             reasons = [f"{r.rule}: {r.reason}" for r in mapped.rejected[:MAX_REASONS_IN_MESSAGE]]
             more = len(mapped.rejected) - len(reasons)
             message = "; ".join(reasons) + (f"; and {more} more" if more > 0 else "")
         return IngestResult(mapped.records, mapped.rejected_records, message, n_appended, n_dedup)
+
+    def _report_rejections(self, signal: str, rejected: Sequence[Rejection]) -> None:
+        """Count rejections by rule and reason; log them (they are now dead letters), at most once
+        per rule and reason every few seconds, since a sender decides how many it sends."""
+        counts: dict[tuple[str, str], int] = {}
+        first: dict[tuple[str, str], str] = {}
+        for rejection in rejected:
+            key = (rejection.rule, rule_rejection_reason(rejection.reason))
+            counts[key] = counts.get(key, 0) + 1
+            first.setdefault(key, rejection.reason)
+        for (rule, reason), count in counts.items():
+            self._metrics.rules_rejected.labels(rule, reason).inc(count)
+            self._rejections.warning(
+                f"{rule}/{reason}",
+                signal=signal,
+                rule=rule,
+                reason=reason,
+                detail=first[(rule, reason)][:_MAX_DETAIL],
+                records=count,
+                action="kept as dead letters (otlp-meter dlq list)",
+            )
 
 
 def _has_cumulative(request: ExportMetricsServiceRequest) -> bool:

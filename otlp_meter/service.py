@@ -23,18 +23,20 @@ from otlp_meter.exporters.sink import Sink
 from otlp_meter.http_server import HttpServer, ServerLimits
 from otlp_meter.pipeline import Pipeline
 from otlp_meter.queue.lmdb_queue import LmdbQueue
+from otlp_meter.queue.types import QueueStats
 from otlp_meter.receivers.auth import Authenticator, TokenSet
 from otlp_meter.receivers.config import AuthConfig, TlsConfig
 from otlp_meter.receivers.core import ReceiverCore
 from otlp_meter.receivers.events_api import events_api_app
-from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver
+from otlp_meter.receivers.otlp_grpc import SERVICE_NAMES, OtlpGrpcReceiver
 from otlp_meter.receivers.otlp_http import otlp_http_app
 from otlp_meter.receivers.tls import ServerTls
 from otlp_meter.rules.engine import RulesEngine
 from otlp_meter.sources.config import build_sources
 from otlp_meter.sources.runner import PipelineSink, SourceRunner
+from otlp_meter.telemetry.health import Check, HealthService, ReadinessReport
 from otlp_meter.telemetry.logging import get_logger
-from otlp_meter.telemetry.metrics import Metrics, QueueGauges
+from otlp_meter.telemetry.metrics import Metrics
 from otlp_meter.telemetry.server import telemetry_app
 
 log = get_logger("service")
@@ -51,7 +53,7 @@ class Service:
 
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(migration_aliases=config.telemetry.metrics.migration_aliases)
         self.engine = RulesEngine.from_config(config.rules)
         self.target = resolve_target(
             config.exporter, config.queue.directory, env if env is not None else os.environ
@@ -63,6 +65,10 @@ class Service:
         self.sources = SourceRunner(build_sources(config.sources), PipelineSink(self.pipeline, self.queue))
         self._stopping = False
         self._started = False
+        self._queue_open = False
+        self._listening: dict[str, str] = {}
+        """Receiver name → ``host:port``, from a successful start until its stop begins."""
+        self.health = HealthService(self.readiness, SERVICE_NAMES)
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: HttpServer | None = None
         self.events: HttpServer | None = None
@@ -98,40 +104,70 @@ class Service:
         if self.exporter is not None:
             self.exporter.notify()
 
-    def readiness(self) -> tuple[bool, str]:
-        if not self._started:
-            return False, "starting"
-        if self._stopping:
-            return False, "shutting down"
-        stats = self.queue.stats()
-        if stats.full or stats.bytes >= stats.capacity_bytes:  # full: refusing until drained below
-            return False, "queue full"
-        return True, "ok"
-
-    def _queue_gauges(self) -> QueueGauges | None:
-        if not self._started:
-            return None
-        stats = self.queue.stats()
-        oldest = stats.oldest_enqueued_at
-        return QueueGauges(
-            depth=stats.depth,
-            bytes=stats.bytes,
-            capacity_bytes=stats.capacity_bytes,
-            dead_letters=stats.dead_letters,
-            oldest_age_seconds=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+    def readiness(self) -> ReadinessReport:
+        """Ready to take data: started and not stopping, every enabled receiver listening, the
+        queue open and below its limit. Served by /readyz and the gRPC health service."""
+        return ReadinessReport(
+            {
+                "lifecycle": self._lifecycle_check(),
+                "receivers": self._receivers_check(),
+                "queue": self._queue_check(),
+            }
         )
+
+    def _lifecycle_check(self) -> Check:
+        if self._stopping:
+            return Check(False, "shutting down", {"state": "shutting down"})
+        if not self._started:
+            return Check(False, "starting", {"state": "starting"})
+        return Check(True, details={"state": "running"})
+
+    def _receivers_check(self) -> Check:
+        otlp, events = self.config.receivers.otlp, self.config.receivers.events_api
+        enabled = {
+            "otlp_grpc": otlp.grpc.enabled,
+            "otlp_http": otlp.http.enabled,
+            "events_api": events.enabled,
+        }
+        listening = dict(self._listening)
+        missing = [name for name, on in enabled.items() if on and name not in listening]
+        details = {"listening": listening, "not_listening": missing}
+        if missing:
+            return Check(False, f"not listening: {', '.join(missing)}", details)
+        return Check(True, details=details)
+
+    def _queue_check(self) -> Check:
+        if not self._queue_open:
+            return Check(False, "queue not open", {"open": False})
+        stats = self.queue.stats()
+        full = stats.full or stats.bytes >= stats.capacity_bytes  # full: refusing until drained below
+        details = {
+            "open": True,
+            "full": full,
+            "events": stats.depth,
+            "bytes": stats.bytes,
+            "capacity_bytes": stats.capacity_bytes,
+        }
+        return Check(False, "queue full", details) if full else Check(True, details=details)
+
+    def _queue_stats(self) -> QueueStats | None:
+        return self.queue.stats() if self._queue_open else None
 
     async def start(self) -> None:
         cfg = self.config
         self.queue.open()
+        self._queue_open = True
         self.pipeline.open_streams()
-        self.metrics.observe_queue(self._queue_gauges)
+        self.metrics.observe_queue(self._queue_stats)
         self.exporter = Exporter(self.queue, build_sink(self.target, cfg), cfg.exporter, self.metrics)
         await self.telemetry.start()
         otlp, events = cfg.receivers.otlp, cfg.receivers.events_api
         if otlp.grpc.enabled:
-            self.grpc = OtlpGrpcReceiver(otlp.grpc, self.core, self._auth("otlp_grpc"), self._grpc_tls)
+            self.grpc = OtlpGrpcReceiver(
+                otlp.grpc, self.core, self._auth("otlp_grpc"), self._grpc_tls, health=self.health
+            )
             await self.grpc.start()
+            self._listening["otlp_grpc"] = self.grpc.address or otlp.grpc.endpoint
         if otlp.http.enabled:
             self.http = HttpServer(
                 otlp_http_app(otlp.http, self.core, self._auth("otlp_http")),
@@ -143,6 +179,7 @@ class Service:
                 metrics=self.metrics,
             )
             await self.http.start()
+            self._listening["otlp_http"] = _address(self.http)
         if events.enabled:
             # Events bound for Konnect (v3) are checked as v3 on every path: acked means deliverable.
             strict = self.target.kind == "openmeter" and self.target.api == "v3"
@@ -156,6 +193,7 @@ class Service:
                 metrics=self.metrics,
             )
             await self.events.start()
+            self._listening["events_api"] = _address(self.events)
         self.exporter.start()
         self.sources.start()
         self._started = True
@@ -163,10 +201,11 @@ class Service:
         log.info(
             "startup",
             version=__version__,
-            otlp_grpc=otlp.grpc.endpoint if otlp.grpc.enabled else None,
-            otlp_http=otlp.http.endpoint if otlp.http.enabled else None,
-            events_api=events.endpoint if events.enabled else None,
-            telemetry=cfg.telemetry.endpoint,
+            # Where it listens, with the ports actually bound (an endpoint may say port 0).
+            otlp_grpc=self._listening.get("otlp_grpc"),
+            otlp_http=self._listening.get("otlp_http"),
+            events_api=self._listening.get("events_api"),
+            telemetry=_address(self.telemetry),
             ingest_auth="bearer token" if self._ingest_tokens is not None else "none",
             tls=[name for name, tls in self._tls_settings() if tls.enabled],
             queue_directory=str(cfg.queue.directory),
@@ -198,6 +237,7 @@ class Service:
         log.info("shutdown_started", timeout=self.config.service.shutdown_timeout)
         grace = self.config.service.shutdown_timeout / 2
         await self.sources.stop(grace)
+        self._listening.clear()
         receivers = []
         if self.grpc is not None:
             receivers.append(self.grpc.stop(grace))
@@ -210,6 +250,7 @@ class Service:
         if self.exporter is not None:
             await self.exporter.stop(max(0.0, deadline - time.monotonic()))
         stats = self.queue.stats()
+        self._queue_open = False
         self.queue.close()
         await self.telemetry.stop()
         log.info("shutdown_complete", queued_events=stats.depth, dead_letters=stats.dead_letters)
@@ -226,6 +267,7 @@ class Service:
     async def _abort_start(self) -> None:
         """Undo a partial start (e.g. a port in use) so the process exits cleanly."""
         self._stopping = True
+        self._listening.clear()
         await self.sources.stop(0)
         if self.grpc is not None:
             await self.grpc.stop(0)
@@ -236,4 +278,10 @@ class Service:
         await self.telemetry.stop()
         if self.exporter is not None:
             await self.exporter.stop(0)
+        self._queue_open = False
         self.queue.close()
+
+
+def _address(server: HttpServer) -> str:
+    host, port = server.address
+    return f"{host}:{port}"

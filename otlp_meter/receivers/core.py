@@ -1,6 +1,10 @@
 """The receiver core every transport shares: take a decoded request, check the limits, run it
 through the pipeline, count it, and build the OTLP response (with ``partial_success`` when rules
-rejected records). The events API uses :meth:`ReceiverCore.ingest_events` and the same refusals."""
+rejected records). The events API uses :meth:`ReceiverCore.ingest_events` and the same refusals.
+
+Refusals are counted (``receiver_refused_records``, ``receiver_requests``) and logged as
+``receiver_refused``, at most once per reason every ``THROTTLE_INTERVAL`` seconds: a sender that
+keeps sending garbage is visible in the log without being able to fill it."""
 
 from __future__ import annotations
 
@@ -27,10 +31,16 @@ from otlp_meter.receivers.cloudevents import TooManyEventsError
 from otlp_meter.receivers.config import LimitsConfig
 from otlp_meter.receivers.limits import check_limits
 from otlp_meter.receivers.status import Refusal, refusal_for
+from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 from otlp_meter.telemetry.metrics import Metrics
 
 SignalName = Literal["logs", "metrics", "traces", "events"]
 Transport = Literal["grpc", "http_protobuf", "http_json", "events_api"]
+
+log = get_logger("receiver")
+# Logged where they happen, with more to say: the authenticator (rate-limited) and refusal_for.
+_LOGGED_ELSEWHERE = frozenset({"unauthenticated", "internal"})
+_MAX_MESSAGE = 300
 
 
 def count_records(request: Message) -> int:
@@ -57,6 +67,7 @@ class ReceiverCore:
         self._pipeline = pipeline
         self._metrics = metrics
         self._limits = limits or LimitsConfig()
+        self._refusals = ThrottledLog(log, "receiver_refused")
 
     async def export(
         self, signal: SignalName, transport: Transport, request: Message, wire_size: int | None = None
@@ -65,7 +76,9 @@ class ReceiverCore:
         pipeline raises (map it with :meth:`refuse`). ``wire_size``: bytes of the decoded body
         (default: the request's protobuf size)."""
         started = time.perf_counter()
-        check_limits(request, request.ByteSize() if wire_size is None else wire_size, self._limits)
+        size = request.ByteSize() if wire_size is None else wire_size
+        self._metrics.receiver_request_size.labels(transport, signal).observe(size)
+        check_limits(request, size, self._limits)
         if isinstance(request, ExportLogsServiceRequest):
             result = await self._pipeline.ingest_logs(request)
             response: Message = ExportLogsServiceResponse()
@@ -93,9 +106,14 @@ class ReceiverCore:
         )
         return response
 
-    async def ingest_events(self, transport: Transport, events: list[EncodedEvent]) -> IngestResult:
-        """Commit validated CloudEvents; returns after the commit, raises what the pipeline raises."""
+    async def ingest_events(
+        self, transport: Transport, events: list[EncodedEvent], wire_size: int | None = None
+    ) -> IngestResult:
+        """Commit validated CloudEvents; returns after the commit, raises what the pipeline raises.
+        ``wire_size``: bytes of the decoded body (default: the events' encoded size)."""
         started = time.perf_counter()
+        size = sum(len(e.payload) for e in events) if wire_size is None else wire_size
+        self._metrics.receiver_request_size.labels(transport, "events").observe(size)
         result = await self._pipeline.ingest_events(events)
         self._count("events", transport, result)
         self._metrics.receiver_request_duration.labels(transport, "events").observe(
@@ -115,9 +133,15 @@ class ReceiverCore:
         self._metrics.receiver_requests.labels(transport, signal, outcome).inc()
 
     def refuse(
-        self, signal: SignalName, transport: Transport, exc: BaseException, records: int = 0
+        self,
+        signal: SignalName,
+        transport: Transport,
+        exc: BaseException,
+        records: int = 0,
+        peer: str | None = None,
     ) -> Refusal:
-        """Count a refused request and return how to answer it."""
+        """Count and log (rate-limited) a refused request and return how to answer it. ``peer``
+        (``host:port``) is for the log only: it tells the operator which client misbehaves."""
         refusal = refusal_for(exc)
         if isinstance(exc, LimitExceededError):
             self._metrics.receiver_limit_violations.labels(transport, exc.limit).inc()
@@ -126,4 +150,24 @@ class ReceiverCore:
         if records:
             self._metrics.receiver_refused_records.labels(transport, signal, refusal.reason).inc(records)
         self._metrics.receiver_requests.labels(transport, signal, refusal.reason).inc()
+        if refusal.reason not in _LOGGED_ELSEWHERE:
+            self._refusals.warning(
+                refusal.reason,
+                reason=refusal.reason,
+                transport=transport,
+                signal=signal,
+                status=_status(refusal, transport),
+                error=refusal.message[:_MAX_MESSAGE],
+                records=records,
+                retry_after=refusal.retry_after,
+                peer=peer,
+            )
         return refusal
+
+
+def _status(refusal: Refusal, transport: Transport) -> str | int:
+    """The status the sender saw, in its transport's terms."""
+    if transport == "grpc":
+        name: str = refusal.grpc_code.name  # grpc is untyped
+        return name
+    return refusal.events_api_status if transport == "events_api" else refusal.http_status

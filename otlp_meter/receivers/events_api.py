@@ -129,11 +129,11 @@ def events_api_app(
             body_read = True
             body = decompress(body, header(scope, b"content-encoding"), limit)
             events = parse_events(body, content_type, strict=strict or flavour == "v3", max_events=max_events)
-            await core.ingest_events("events_api", events)
+            await core.ingest_events("events_api", events, wire_size=len(body))
         except ClientDisconnectedError:
             return  # nothing was taken and nobody is listening
         except Exception as exc:
-            refusal = core.refuse("events", "events_api", exc)
+            refusal = core.refuse("events", "events_api", exc, peer=peer(scope))
             await _refuse(send, flavour, refusal, exc=exc, close=not body_read)
             return
         await respond(send, _SUCCESS[flavour])

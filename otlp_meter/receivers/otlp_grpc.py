@@ -2,7 +2,9 @@
 
 Handlers take raw bytes so that a malformed message is our INVALID_ARGUMENT, not grpc's INTERNAL.
 With auth, the ``authorization`` metadata must carry an accepted bearer token (UNAUTHENTICATED
-otherwise); with TLS, certificates are reloaded on new connections when their files change.
+otherwise); with TLS, certificates are reloaded on new connections when their files change. The
+gRPC health service (``grpc.health.v1.Health``), when given, is served on the same port without
+auth: a load balancer's probe carries no secret, and the answer tells nothing beyond "ready".
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from otlp_meter.receivers.auth import Authenticator
 from otlp_meter.receivers.config import GrpcReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore, SignalName, count_records
 from otlp_meter.receivers.tls import ServerTls
+from otlp_meter.telemetry.health import HealthService
 
 _SERVICES: dict[SignalName, tuple[str, type[Message]]] = {
     "logs": ("opentelemetry.proto.collector.logs.v1.LogsService", ExportLogsServiceRequest),
     "metrics": ("opentelemetry.proto.collector.metrics.v1.MetricsService", ExportMetricsServiceRequest),
     "traces": ("opentelemetry.proto.collector.trace.v1.TraceService", ExportTraceServiceRequest),
 }
+SERVICE_NAMES = tuple(service for service, _ in _SERVICES.values())
+"""The OTLP services served, by their full gRPC names (also the names the health service knows)."""
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
@@ -58,7 +63,8 @@ def export_handler(
                 raise DecodeError(f"malformed {request_type.__name__}: {exc}") from exc
             response = await core.export(signal, "grpc", request, wire_size=len(body))
         except Exception as exc:
-            refusal = core.refuse(signal, "grpc", exc, count_records(request) if request is not None else 0)
+            records = count_records(request) if request is not None else 0
+            refusal = core.refuse(signal, "grpc", exc, records, context.peer())
             trailing = (("grpc-status-details-bin", refusal.to_status().SerializeToString()),)
             await context.abort(refusal.grpc_code, refusal.message, trailing_metadata=trailing)
             raise AssertionError("unreachable") from exc  # abort raises
@@ -79,13 +85,22 @@ class OtlpGrpcReceiver:
         core: ReceiverCore,
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
+        health: HealthService | None = None,
     ) -> None:
         self._config = config
         self._core = core
         self._auth = auth
         self._tls = tls
+        self._health = health
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` listened on (the port actually bound), None unless serving."""
+        if self._server is None or self.port is None:
+            return None
+        return f"{self._config.endpoint.rpartition(':')[0]}:{self.port}"
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the endpoint cannot be bound (e.g. in use)."""
@@ -107,6 +122,8 @@ class OtlpGrpcReceiver:
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
             )
+        if self._health is not None:
+            self._health.add_to(server)
         # grpcio reports a failed bind as RuntimeError (older releases returned 0); either way the
         # caller gets the OSError that "address in use" is everywhere else.
         try:
@@ -126,6 +143,8 @@ class OtlpGrpcReceiver:
 
     async def stop(self, grace: float) -> None:
         """Refuse new RPCs, let in-flight ones finish within ``grace`` seconds."""
+        if self._health is not None:
+            self._health.close()  # health watches are streams: end them rather than wait out the grace
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

@@ -136,7 +136,7 @@ def otlp_http_app(
             return  # nothing was taken and nobody is listening
         except Exception as exc:
             records = count_records(request) if request is not None else 0
-            refusal = core.refuse(signal, transport, exc, records)
+            refusal = core.refuse(signal, transport, exc, records, peer(scope))
             await _refuse(send, refusal, encoding_json, close=not body_read)
             return
         if encoding_json:

@@ -13,6 +13,7 @@ watching, so a pod deleted while the API server was unreachable is never billed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -71,6 +72,7 @@ class PodCache:
     def __init__(self) -> None:
         self._entries: dict[str, PodEntry] = {}
         self._healthy: dict[str, bool] = {}
+        self._healthy_event = asyncio.Event()
 
     def __iter__(self) -> Iterator[PodEntry]:
         return iter(list(self._entries.values()))
@@ -84,6 +86,16 @@ class PodCache:
 
     def set_healthy(self, scope: str, healthy: bool) -> None:
         self._healthy[scope] = healthy
+        if self.healthy():
+            self._healthy_event.set()
+        else:
+            self._healthy_event.clear()
+
+    async def wait_healthy(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for :meth:`healthy`; returns whether it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._healthy_event.wait(), seconds)
+        return self.healthy()
 
     def healthy(self) -> bool:
         """Every scope is listed and its watch is connected."""
@@ -146,6 +158,7 @@ class PodWatcher:
     watch_timeout: int = 300
     backoff: BackoffConfig = field(default_factory=lambda: BackoffConfig(initial=1.0, max=30.0))
     wait: Wait = wait_or_stop
+    resource_version: str | None = None
 
     @property
     def scope(self) -> str:
@@ -157,26 +170,31 @@ class PodWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: list and watch; on errors mark the scope unhealthy and retry with backoff."""
         self.cache.register(self.scope)
-        resource_version: str | None = None
+        self.resource_version = None
         lost_since = self._now()
         delays = self.backoff.delays()
         while not stop.is_set():
             try:
-                if resource_version is None:
-                    resource_version = await self._list(lost_since)
-                resource_version = await self._watch(resource_version, stop)
+                if self.resource_version is None:
+                    self.resource_version = await self._list(lost_since)
+                await self._watch(self.resource_version, stop)
                 delays = self.backoff.delays()
             except ResourceGoneError as gone:
-                # The resourceVersion is older than the API server keeps: list again, then watch.
+                # The resourceVersion is older than the API server keeps (the watch was live until
+                # now, or just ended cleanly): list again, then watch.
                 log.info("pod_watch_expired", scope=self.scope, error=str(gone))
                 self.stats.add("pod_relists")
                 lost_since = self._now()
                 self.cache.set_healthy(self.scope, False)
-                resource_version = None
-            except Exception as error:  # any API or network failure: back off, watch again
+                self.resource_version = None
+            except Exception as error:  # any API or network failure: back off, list again
+                # Changes may have been missed while the connection was down: only a fresh list makes
+                # the cache trustworthy again (a resumed watch could answer 410 only after a tick
+                # had used the stale cache).
                 if self.cache.scope_healthy(self.scope):
                     lost_since = self._now()
                 self.cache.set_healthy(self.scope, False)
+                self.resource_version = None
                 self.stats.add("pod_watch_errors")
                 delay = next(delays)
                 log.warning(
@@ -212,7 +230,9 @@ class PodWatcher:
         log.info("pod_list_done", scope=self.scope, pods=len(pods), gone_while_not_watching=gone)
         return str(metadata.get("resourceVersion") or "")
 
-    async def _watch(self, resource_version: str, stop: asyncio.Event) -> str:
+    async def _watch(self, resource_version: str, stop: asyncio.Event) -> None:
+        """Apply watch events until the server ends the watch or ``stop``; every event (and bookmark)
+        moves ``self.resource_version``, so a broken watch resumes where it got to."""
         stream = self.api.watch_pods(
             self.namespace,
             field_selector=self.field_selector,
@@ -220,7 +240,6 @@ class PodWatcher:
             resource_version=resource_version,
             timeout_seconds=self.watch_timeout,
         )
-        self.cache.set_healthy(self.scope, True)
         stopping = asyncio.ensure_future(stop.wait())
         try:
             iterator = stream.__aiter__()
@@ -230,12 +249,12 @@ class PodWatcher:
                 if next_event not in done:
                     next_event.cancel()
                     await asyncio.gather(next_event, return_exceptions=True)
-                    return resource_version
+                    return
                 try:
                     event = next_event.result()
                 except StopAsyncIteration:
-                    return resource_version
-                resource_version = self._apply(event, resource_version)
+                    return
+                self._apply(event)
         finally:
             stopping.cancel()
             await asyncio.gather(stopping, return_exceptions=True)
@@ -243,16 +262,17 @@ class PodWatcher:
             if aclose is not None:
                 await aclose()
 
-    def _apply(self, event: Obj, resource_version: str) -> str:
+    def _apply(self, event: Obj) -> None:
         kind, obj = event.get("type"), event["object"]
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = str(version)
         if kind == "BOOKMARK":
             self.stats.add("pod_watch_bookmarks")
-            return version
+            return
         self.stats.add("pod_watch_events")
         if kind in ("ADDED", "MODIFIED"):
             self.cache.upsert(obj, self.scope, self._now())
         elif kind == "DELETED":
             self.cache.delete(obj, self.scope, self._now())
         self.stats.set("pods_cached", len(self.cache))
-        return version

@@ -53,6 +53,7 @@ KIND = "kubernetes"
 REQUIRED_RBAC = {("", "pods"): frozenset({"get", "list", "watch"}), ("", "nodes"): frozenset({"get"})}
 """What this source does with the Kubernetes API (the chart's ClusterRole grants exactly this)."""
 
+READY_TIMEOUT = 10.0  # real seconds a due tick waits for the pod cache before backing off
 _CRONJOB_JOB = re.compile(r"(.+)-\d{8,}")  # a CronJob names its Jobs <cronjob>-<scheduled minute>
 
 
@@ -228,6 +229,7 @@ class KubernetesSource:
         self.wait = wait
         self.stats = SourceStats(KIND, config.name, observer)
         self.cache = PodCache()
+        self.ready_timeout = READY_TIMEOUT
         self._nodes: NodeLabels | None = None
 
     def field_selector(self) -> str | None:
@@ -303,14 +305,13 @@ class KubernetesSource:
             stats=self.stats,
             page_size=self.config.page_size,
             watch_timeout=int(self.config.watch_timeout),
-            backoff=self.config.backoff,
-            wait=self.wait,
+            backoff=self.config.backoff,  # real waits: the watch follows the API, not the tick clock
         )
 
     async def produce(self, start: float, end: float) -> ExportMetricsServiceRequest:
         """The request of the tick ``[start, end)``: one resource per pod that ran in it."""
-        if not self.cache.healthy():
-            raise NotReady("the pod cache is not listed and watching yet")
+        if not await self.cache.wait_healthy(self.ready_timeout):
+            raise NotReady("the pod cache is not listed and watching (API server unreachable?)")
         tick_start, tick_end = Fraction(start), Fraction(end)
         request = ExportMetricsServiceRequest()
         for entry in sorted(self.cache, key=_pod_order):
@@ -372,7 +373,6 @@ class KubernetesSource:
             end,
             attributes,
         )
-        self.stats.add("pods_billed")
 
 
 def _pod_order(entry: PodEntry) -> tuple[str, str, str]:

@@ -58,11 +58,13 @@ class PrometheusQueryConfig(Section):
 
     name: str = Field(
         "",
+        validate_default=True,
         description="Query name: the event type (point attribute prometheus.query.name) and part of the "
         "query's cursor key, so keep it stable. Letters, digits and _ . : / -.",
     )
     promql: str = Field(
         "",
+        validate_default=True,
         description="PromQL returning an instant vector of usage per interval, e.g. "
         "sum by (customer) (increase(api_requests_total[1m])) for a 1m interval.",
     )
@@ -212,7 +214,7 @@ class PrometheusSource:
             )
             if result is None:
                 return
-            self._done(query, tick, last, answer)
+            self._done(query, tick, last, answer, late=len(plan.due) > 1)
             last = tick
             delays = self.config.backoff.delays()
 
@@ -231,8 +233,12 @@ class PrometheusSource:
         resource = {"otlp_meter.source.name": self.name}
         return points_request(query.name, int(tick) * 1_000_000_000, answer.series, resource), answer
 
-    def _done(self, query: PrometheusQueryConfig, tick: float, last: float | None, answer: Answer) -> None:
+    def _done(
+        self, query: PrometheusQueryConfig, tick: float, last: float | None, answer: Answer, *, late: bool
+    ) -> None:
         self.stats.add("ticks_completed")
+        if late:  # a newer tick was already due: this one ran to catch up after downtime or failures
+            self.stats.add("ticks_caught_up")
         self.stats.add("points", len(answer.series))
         rejected = answer.non_finite + answer.unsupported
         self.stats.add("points_rejected", rejected)

@@ -164,6 +164,7 @@ class RunaiSource:
         observer: SourceObserver | None = None,
         clock: Clock = WALL_CLOCK,
         wait: Wait = wait_or_stop,
+        retry_wait: Wait | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
@@ -172,6 +173,7 @@ class RunaiSource:
         self._secret = app_secret
         self._clock = clock
         self._wait = wait
+        self._retry_wait = retry_wait or wait
         self._transport = transport
         self._client: RunaiClient | None = None
 
@@ -192,7 +194,7 @@ class RunaiSource:
                 stats=self.stats,
                 grant_type=c.grant_type,
                 clock=self._clock,
-                wait=self._wait,
+                wait=self._retry_wait,
                 backoff=c.backoff,
                 max_attempts=c.max_attempts,
                 refresh_margin=c.token_refresh_margin,
@@ -274,8 +276,12 @@ class RunaiSource:
                     log.warning("runai_resource_gone", resource_id=str(row.get("id")), tick=iso(end))
                     return None
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(row)) for row in candidates]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(row)) for row in candidates]
+        except ExceptionGroup as failed:
+            # The first failure says why the tick failed (the others were cancelled with it).
+            raise failed.exceptions[0] from None
         request = ExportMetricsServiceRequest()
         metric = f"runai.{self.config.resource_type}.gpu.allocation.time"
         for task in tasks:
@@ -286,7 +292,6 @@ class RunaiSource:
             add_delta_sum(
                 scope, metric, "{gpu}.s", "GPUs allocated times seconds.", gpu_seconds, start, end, attributes
             )
-            self.stats.add("resources_billed")
         return request
 
     async def _workload_point(

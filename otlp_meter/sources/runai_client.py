@@ -115,7 +115,9 @@ class RunaiClient:
         now = self.clock()
         expiry = jwt_expiry(token)
         lifetime = (expiry - now) if expiry is not None else OPAQUE_TOKEN_LIFETIME
-        self._refresh_at = now + max(0.0, lifetime - self.refresh_margin)
+        # At least 30 s: with clocks apart, an "expired" exp must not make every call fetch a token
+        # (a token the server no longer takes answers 401, which refreshes it anyway).
+        self._refresh_at = now + max(30.0, lifetime - self.refresh_margin)
         self.stats.add("token_refreshes")
         log.info("runai_token_obtained", refresh_in=round(self._refresh_at - now, 1))
         return token

@@ -67,7 +67,7 @@ class S3SourceConfig(Section):
     """One bucket (and prefix) of usage files."""
 
     name: str = Field("s3", description="Instance name; part of the cursor key, keep it stable.")
-    bucket: str = Field("", description="Bucket to read (required).")
+    bucket: str = Field("", validate_default=True, description="Bucket to read (required).")
     prefix: str = Field("", description="Only keys starting with this are read, e.g. usage/.")
     suffix: str = Field(
         "", description="Only keys ending with this are read (e.g. .csv.gz); others are passed."
@@ -240,6 +240,10 @@ class S3Source:
             )
             done = S3Cursor(progress.key)
             return done if await self._commit(sink, stop, [], done) is not None else None
+        if progress.position.rows:
+            log.info(
+                "s3_object_resumed", source=self.name, key=progress.key, rows_done=progress.position.rows
+            )
         try:
             if stream.changed:
                 self.stats.add("objects_changed")

@@ -56,7 +56,7 @@ class CorruptObject(Exception):
     """The bytes cannot be read any further (corrupt or truncated compression)."""
 
 
-def gunzip(chunks: Iterator[bytes], max_output: int = 1 << 20) -> Iterator[bytes]:
+def gunzip(chunks: Iterator[bytes], max_output: int = 256 * 1024) -> Iterator[bytes]:
     """Decompress gzip (several members too) in pieces of at most ``max_output`` bytes, so a small
     file that inflates hugely still streams. Raises :class:`CorruptObject` on damage."""
     inflater = zlib.decompressobj(wbits=31)
@@ -369,6 +369,14 @@ def _json_array_rows(chunks: Iterator[bytes], at: Position, limit: int) -> Itera
                     continue
                 yield broken(_UNEXPECTED[expect].format(rows=rows))
                 return
+        if expect == "value" and element.depth == 0 and not element.in_string and size <= limit:
+            # The last element is whole (only the closing ] is missing): it still counts.
+            text = b"".join(parts)
+            value, error = _object(text)
+            if value is not None:
+                rows += 1
+                yield Row(rows, element_line, value, None, "", here(rows), size)
+                expect = "after"
         if expect != "end":
             yield broken(_UNEXPECTED_END.get(expect, "the file ends before the JSON array is closed"))
     except CorruptObject as exc:

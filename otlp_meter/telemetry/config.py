@@ -15,9 +15,19 @@ class LogsConfig(Section):
     format: Literal["json", "console"] = Field("json", description="json for machines, console for humans.")
 
 
+class MetricsConfig(Section):
+    migration_aliases: bool = Field(
+        False,
+        description="Also export Redpanda Connect's generic names (batch_created, batch_sent, "
+        "buffer_batch_received, buffer_batch_sent, buffer_latency_ns) for dashboards built on the "
+        "OpenMeter collector; see docs/metrics.md.",
+    )
+
+
 class TelemetryConfig(Section):
     endpoint: str = Field("0.0.0.0:8888", description="host:port serving /metrics, /healthz and /readyz.")
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Log output.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="What /metrics exports.")
     auth: AuthConfig = Field(
         default_factory=AuthConfig,
         description="Bearer tokens for /metrics (separate from the ingest tokens). /healthz and /readyz "

@@ -1,13 +1,18 @@
 """Structured logs: one event name per line, fields as keys, JSON or console format.
 
-Use :func:`get_logger` and call ``log.info("event_name", key=value, ...)``. Never pass secrets.
+Use :func:`get_logger` and call ``log.info("event_name", key=value, ...)``. Never pass secrets; as a
+second line of defence every line is scrubbed of ``Bearer <credentials>`` before it is written.
+Events a sender can trigger at will go through :class:`ThrottledLog`, so that a misbehaving client
+cannot flood the log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -47,6 +52,66 @@ def get_logger(component: str) -> EventLogger:
     return EventLogger(f"{_ROOT}.{component}")
 
 
+THROTTLE_INTERVAL = 10.0
+
+
+class ThrottledLog:
+    """One event, written at most once per ``interval`` seconds for each key (e.g. a refusal reason).
+
+    The first line of every key is always written; lines held back are counted and reported as
+    ``suppressed`` in the next line of that key. Keys must be low-cardinality; beyond ``max_keys``
+    the new ones share one budget, so even unbounded keys cannot flood the log.
+    """
+
+    def __init__(
+        self,
+        logger: EventLogger,
+        event: str,
+        *,
+        interval: float = THROTTLE_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 64,
+    ) -> None:
+        self._logger = logger
+        self._event = event
+        self._interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, **fields: Any) -> bool:
+        """Write a warning unless this key wrote one less than ``interval`` ago; True if written."""
+        return self._emit(self._logger.warning, key, fields)
+
+    def info(self, key: str, **fields: Any) -> bool:
+        """Like :meth:`warning`, at info level."""
+        return self._emit(self._logger.info, key, fields)
+
+    def _emit(self, write: Callable[..., None], key: str, fields: dict[str, Any]) -> bool:
+        now = self._clock()
+        if key not in self._last and len(self._last) >= self._max_keys:
+            key = "(other)"
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        write(self._event, **fields, suppressed=self._suppressed.pop(key, 0))
+        return True
+
+
+# Credentials after "Bearer" (any case), wherever they appear: a header echoed in an error
+# message, a repr of a request. Tokens are opaque strings up to whitespace, quotes or separators;
+# 8 characters at least, so that prose such as "bearer token" stays readable.
+_BEARER = re.compile(r"(?i)\b(bearer)(?:\s+|%20)[^\s\"'\\,;&]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every ``Bearer <credentials>`` replaced by ``Bearer ***``."""
+    return _BEARER.sub(r"\1 ***", text) if "earer" in text or "EARER" in text else text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     seconds = int(record.created)
     millis = int((record.created - seconds) * 1000)
@@ -79,9 +144,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = self.formatException(record.exc_info)
         try:
-            return orjson.dumps(entry, default=str).decode()
+            line = orjson.dumps(entry, default=str).decode()
         except TypeError:  # e.g. an int beyond 64 bits: a log line is never lost to its encoding
-            return orjson.dumps({key: _plain(value) for key, value in entry.items()}, default=str).decode()
+            line = orjson.dumps({key: _plain(value) for key, value in entry.items()}, default=str).decode()
+        return redact(line)
 
 
 def _plain(value: Any) -> Any:
@@ -112,7 +178,7 @@ class ConsoleFormatter(logging.Formatter):
         line = f"{_timestamp(record)} {_level(record).upper():<5} {record.getMessage()} {pairs}".rstrip()
         if record.exc_info and record.exc_info[0] is not None:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:

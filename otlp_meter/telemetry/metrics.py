@@ -1,203 +1,136 @@
-"""The one metrics spec: every metric otlp-meter exports is declared here, nowhere else.
+"""The instruments of the metrics spec (:mod:`otlp_meter.telemetry.spec`, ``docs/metrics.md``).
 
 Components receive a :class:`Metrics` instance (built on an injected registry, so tests can build
-as many as they like) and only ever touch the attributes below. Label values stay low-cardinality:
-transport (grpc, http_protobuf, http_json, events_api, telemetry), signal (logs, metrics, traces,
-events), rule, reason, exporter, status class, server.
+as many as they like) and only touch its attributes; every instrument is made from its declaration
+in the spec, so names, help and labels cannot drift from the documentation. Label values stay
+low-cardinality: see the label table in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
-_PREFIX = "otlp_meter"
+from otlp_meter import __version__
+from otlp_meter.telemetry import spec
+from otlp_meter.telemetry.collectors import AliasCollector, QueueCollector, SourceMetrics
+from otlp_meter.telemetry.spec import (
+    BATCH_SIZE_BUCKETS,
+    DELIVERY_BUCKETS,
+    LATENCY_BUCKETS,
+    SIZE_BUCKETS,
+    MetricSpec,
+)
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+if TYPE_CHECKING:
+    from otlp_meter.queue.types import QueueStats
 
 
-@dataclass(frozen=True, slots=True)
-class QueueGauges:
-    """A snapshot of the queue, read at scrape time."""
-
-    depth: int
-    bytes: int
-    capacity_bytes: int
-    dead_letters: int
-    oldest_age_seconds: float
+def _counter(declared: MetricSpec, registry: CollectorRegistry) -> Counter:
+    return Counter(declared.family, declared.help, declared.labels, registry=registry)
 
 
-class _QueueCollector(Collector):
-    def __init__(self, read: Callable[[], QueueGauges | None]) -> None:
-        self._read = read
+def _gauge(declared: MetricSpec, registry: CollectorRegistry) -> Gauge:
+    return Gauge(declared.family, declared.help, declared.labels, registry=registry)
 
-    def collect(self) -> Iterable[Metric]:
-        snapshot = self._read()
-        if snapshot is None:
-            return []
-        families = [
-            ("queue_depth_events", "Events stored and not yet delivered.", snapshot.depth),
-            ("queue_size_bytes", "Bytes of events stored and not yet delivered.", snapshot.bytes),
-            (
-                "queue_capacity_bytes",
-                "Byte limit of the queue; intake is refused beyond it.",
-                snapshot.capacity_bytes,
-            ),
-            (
-                "queue_dead_letters",
-                "Events and records held in the dead-letter store.",
-                snapshot.dead_letters,
-            ),
-            (
-                "queue_oldest_event_age_seconds",
-                "Age of the oldest undelivered event (0 when empty).",
-                snapshot.oldest_age_seconds,
-            ),
-        ]
-        return [GaugeMetricFamily(f"{_PREFIX}_{name}", doc, value=value) for name, doc, value in families]
+
+def _histogram(declared: MetricSpec, registry: CollectorRegistry, buckets: tuple[float, ...]) -> Histogram:
+    return Histogram(declared.family, declared.help, declared.labels, buckets=buckets, registry=registry)
 
 
 class Metrics:
-    """All instruments, registered on ``registry``."""
+    """All instruments, registered on ``registry`` (a fresh one by default).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``migration_aliases`` adds the Redpanda Connect names (``telemetry.metrics.migration_aliases``);
+    ``process`` adds prometheus_client's process and platform collectors.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        migration_aliases: bool = False,
+        process: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        # Receivers
-        self.receiver_accepted_records = Counter(
-            f"{_PREFIX}_receiver_accepted_records",
-            "Records accepted by a receiver (made durable or matched no rule).",
-            ["transport", "signal"],
-            registry=r,
-        )
-        self.receiver_refused_records = Counter(
-            f"{_PREFIX}_receiver_refused_records",
-            "Records refused by a receiver, by reason.",
-            ["transport", "signal", "reason"],
-            registry=r,
-        )
-        self.receiver_requests = Counter(
-            f"{_PREFIX}_receiver_requests",
-            "Requests handled by a receiver, by outcome.",
-            ["transport", "signal", "outcome"],
-            registry=r,
-        )
-        self.receiver_request_duration = Histogram(
-            f"{_PREFIX}_receiver_request_duration_seconds",
-            "Time from request decoded to answer ready.",
-            ["transport", "signal"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.receiver_auth_failures = Counter(
-            f"{_PREFIX}_receiver_auth_failures",
-            "Requests refused for missing or invalid credentials, by receiver (otlp_grpc, otlp_http, "
-            "events_api, telemetry) and reason (missing, invalid).",
-            ["receiver", "reason"],
-            registry=r,
-        )
-        self.receiver_limit_violations = Counter(
-            f"{_PREFIX}_receiver_limit_violations",
-            "Requests refused for breaking a limit (attributes, attribute_value, events, body).",
-            ["transport", "limit"],
-            registry=r,
-        )
-        # Servers (every listener: otlp_grpc, otlp_http, events_api, telemetry)
-        self.server_connections_closed = Counter(
-            f"{_PREFIX}_server_connections_closed",
-            "Connections the server closed to protect itself (header_timeout, header_too_large, "
-            "body_timeout, connection_limit).",
-            ["server", "reason"],
-            registry=r,
-        )
-        self.tls_reloads = Counter(
-            f"{_PREFIX}_tls_reloads",
-            "Certificate reloads after the files changed (outcome: ok, failed; a failed reload keeps "
-            "the previous certificate).",
-            ["server", "outcome"],
-            registry=r,
-        )
+        # Receivers and servers
+        self.receiver_accepted_records = _counter(spec.RECEIVER_ACCEPTED, r)
+        self.receiver_refused_records = _counter(spec.RECEIVER_REFUSED, r)
+        self.receiver_requests = _counter(spec.RECEIVER_REQUESTS, r)
+        self.receiver_request_size = _histogram(spec.RECEIVER_SIZE, r, SIZE_BUCKETS)
+        self.receiver_request_duration = _histogram(spec.RECEIVER_DURATION, r, LATENCY_BUCKETS)
+        self.receiver_auth_failures = _counter(spec.RECEIVER_AUTH, r)
+        self.receiver_limit_violations = _counter(spec.RECEIVER_LIMITS, r)
+        self.server_connections_closed = _counter(spec.SERVER_CLOSED, r)
+        self.tls_reloads = _counter(spec.TLS_RELOADS, r)
         # Rules
-        self.rules_matched = Counter(
-            f"{_PREFIX}_rules_matched_records", "Records a rule matched.", ["rule"], registry=r
-        )
-        self.rules_unmatched = Counter(
-            f"{_PREFIX}_rules_unmatched_records", "Records no rule matched (dropped).", ["signal"], registry=r
-        )
-        self.rules_rejected = Counter(
-            f"{_PREFIX}_rules_rejected_records",
-            "Records a rule matched but could not map (dead-lettered).",
-            ["signal"],
-            registry=r,
-        )
-        # Queue
-        self.queue_appended = Counter(
-            f"{_PREFIX}_queue_appended_events", "Events committed to the queue.", registry=r
-        )
-        self.queue_deduplicated = Counter(
-            f"{_PREFIX}_queue_deduplicated_events",
-            "Events dropped at append because their (source, id) was seen within the dedupe window.",
-            registry=r,
-        )
-        self.queue_commit_duration = Histogram(
-            f"{_PREFIX}_queue_append_duration_seconds",
-            "Time an append waited for its grouped, synced commit.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.rules_matched = _counter(spec.RULES_MATCHED, r)
+        self.rules_unmatched = _counter(spec.RULES_UNMATCHED, r)
+        self.rules_rejected = _counter(spec.RULES_REJECTED, r)
+        self.rules_cumulative_points = _counter(spec.RULES_CUMULATIVE, r)
+        # Queue: what is measured in this process; its state and ledger are read at scrape time.
+        self.queue_append_duration = _histogram(spec.QUEUE_APPEND_DURATION, r, LATENCY_BUCKETS)
+        self.queue_commit_duration = _histogram(spec.QUEUE_COMMIT_DURATION, r, LATENCY_BUCKETS)
+        self.queue_commit_batch_size = _histogram(spec.QUEUE_COMMIT_BATCH, r, BATCH_SIZE_BUCKETS)
+        self._queue = QueueCollector()
+        r.register(self._queue)
         # Exporter
-        self.exporter_sent_events = Counter(
-            f"{_PREFIX}_exporter_sent_events", "Events delivered and acknowledged.", ["exporter"], registry=r
-        )
-        self.exporter_sent_batches = Counter(
-            f"{_PREFIX}_exporter_sent_batches", "Batches delivered.", ["exporter"], registry=r
-        )
-        self.exporter_failed_requests = Counter(
-            f"{_PREFIX}_exporter_failed_requests",
-            "Delivery attempts that failed, by status class (network, 4xx, 5xx, 429, auth).",
-            ["exporter", "status_class"],
-            registry=r,
-        )
-        self.exporter_retries = Counter(
-            f"{_PREFIX}_exporter_retries", "Delivery attempts that were retries.", ["exporter"], registry=r
-        )
-        self.exporter_dead_lettered_events = Counter(
-            f"{_PREFIX}_exporter_dead_lettered_events",
-            "Events the server refused, moved to dead letters.",
-            ["exporter"],
-            registry=r,
-        )
-        self.exporter_splits = Counter(
-            f"{_PREFIX}_exporter_batch_splits",
-            "Refused batches split to isolate bad events.",
-            ["exporter"],
-            registry=r,
-        )
-        self.exporter_in_flight = Gauge(
-            f"{_PREFIX}_exporter_in_flight_batches", "Batches being delivered now.", ["exporter"], registry=r
-        )
-        self.exporter_request_duration = Histogram(
-            f"{_PREFIX}_exporter_request_duration_seconds",
-            "Duration of one delivery attempt.",
-            ["exporter"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.exporter_last_success = Gauge(
-            f"{_PREFIX}_exporter_last_success_timestamp_seconds",
-            "Unix time of the last delivered batch.",
-            ["exporter"],
-            registry=r,
-        )
-        self._queue_collector: _QueueCollector | None = None
+        self.exporter_batches_created = _counter(spec.EXPORTER_CREATED, r)
+        self.exporter_sent_batches = _counter(spec.EXPORTER_SENT_BATCHES, r)
+        self.exporter_sent_events = _counter(spec.EXPORTER_SENT_EVENTS, r)
+        self.exporter_failed_requests = _counter(spec.EXPORTER_FAILED, r)
+        self.exporter_retries = _counter(spec.EXPORTER_RETRIES, r)
+        self.exporter_splits = _counter(spec.EXPORTER_SPLITS, r)
+        self.exporter_dead_lettered_events = _counter(spec.EXPORTER_DEAD, r)
+        self.exporter_in_flight = _gauge(spec.EXPORTER_IN_FLIGHT, r)
+        self.exporter_request_duration = _histogram(spec.EXPORTER_REQUEST_DURATION, r, LATENCY_BUCKETS)
+        self.exporter_batch_duration = _histogram(spec.EXPORTER_BATCH_DURATION, r, DELIVERY_BUCKETS)
+        self.exporter_last_success = _gauge(spec.EXPORTER_LAST_SUCCESS, r)
+        # Sources
+        self.source_ticks_run = _counter(spec.SOURCE_TICKS_RUN, r)
+        self.source_ticks_caught_up = _counter(spec.SOURCE_TICKS_CAUGHT_UP, r)
+        self.source_ticks_skipped = _counter(spec.SOURCE_TICKS_SKIPPED, r)
+        self.source_ticks_failed = _counter(spec.SOURCE_TICKS_FAILED, r)
+        self.source_objects_processed = _counter(spec.SOURCE_OBJECTS, r)
+        self.source_cursor_lag = _gauge(spec.SOURCE_CURSOR_LAG, r)
+        self.source_operations = _counter(spec.SOURCE_OPERATIONS, r)
+        self.source_gauge = _gauge(spec.SOURCE_GAUGE, r)
+        self.sources = SourceMetrics(self)
+        """The ``SourceObserver`` to hand to sources: maps what they report onto the metrics above."""
+        # Process
+        _gauge(spec.BUILD_INFO, r).labels(__version__).set(1)
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        if migration_aliases:
+            r.register(AliasCollector(self))
 
-    def observe_queue(self, read: Callable[[], QueueGauges | None]) -> None:
-        """Expose the queue's gauges, read at scrape time from ``read``."""
-        if self._queue_collector is not None:
-            self.registry.unregister(self._queue_collector)
-        self._queue_collector = _QueueCollector(read)
-        self.registry.register(self._queue_collector)
+    def observe_queue(
+        self, read: Callable[[], QueueStats | None], clock: Callable[[], float] = time.time
+    ) -> None:
+        """Expose the queue's state and ledger, read at scrape time from ``read`` (None: not open).
+
+        ``clock`` (Unix seconds) dates the oldest event's age.
+        """
+        self._queue.read = read
+        self._queue.clock = clock
+
+    def observe_commit(self, seconds: float, operations: int) -> None:
+        """One grouped write transaction: how long it took and how many operations it committed.
+
+        A plain callable, so the queue's writer thread can report without knowing about metrics
+        (prometheus_client instruments are thread-safe).
+        """
+        self.queue_commit_duration.observe(seconds)
+        self.queue_commit_batch_size.observe(operations)

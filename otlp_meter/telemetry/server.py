@@ -1,12 +1,12 @@
 """The telemetry endpoint: ``/metrics`` (Prometheus text or OpenMetrics), ``/healthz``, ``/readyz``.
 
 With ``auth``, ``/metrics`` needs a bearer token (``telemetry.auth``); the probes stay open, since a
-kubelet probe carries no secret and they tell nothing beyond "up" and "taking data".
+kubelet probe carries no secret and they tell nothing beyond "up" and "taking data" (the readiness
+body names listening addresses and queue fill, no data and no configuration secrets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -16,13 +16,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from otlp_meter.errors import AuthenticationError
 from otlp_meter.http_server import AsgiApp, Receive, Scope, Send, header, respond
+from otlp_meter.telemetry.health import Readiness
 from otlp_meter.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from otlp_meter.receivers.auth import Authenticator
-
-Readiness = Callable[[], tuple[bool, str]]
-"""Returns (ready, reason). Not ready means: do not route new data here now."""
 
 
 def telemetry_app(metrics: Metrics, readiness: Readiness, auth: Authenticator | None = None) -> AsgiApp:
@@ -45,9 +43,9 @@ def telemetry_app(metrics: Metrics, readiness: Readiness, auth: Authenticator | 
         elif path == "/healthz":
             await respond(send, 200, b'{"status":"ok"}', "application/json")
         elif path == "/readyz":
-            ready, reason = readiness()
-            body = orjson.dumps({"status": "ready" if ready else "not ready", "reason": reason})
-            await respond(send, 200 if ready else 503, body, "application/json")
+            report = readiness()
+            body = orjson.dumps(report.to_json())
+            await respond(send, 200 if report.ready else 503, body, "application/json")
         else:
             await respond(send, 404, b"not found\n", "text/plain")
 

@@ -21,6 +21,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from otlp_meter.config import Config, load_config
+from otlp_meter.sources.kubernetes import REQUIRED_RBAC
 from tests.deploy import dockerfile
 
 REPO = dockerfile.REPO
@@ -30,10 +31,9 @@ Obj = dict[str, Any]
 # and the newest schema kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.26.0", kubernetes_validate.latest_version())
 
-# What the Kubernetes source (issue 9) does with the API: list/watch/get the pods of its node (field
-# selector spec.nodeName=$NODE_NAME) and get its node. The ClusterRole must grant exactly this.
-# When the source lands, take this from the source module instead of restating it here.
-KUBERNETES_SOURCE_RBAC = {("", "pods"): {"get", "list", "watch"}, ("", "nodes"): {"get"}}
+# What the Kubernetes source does with the API (list/watch/get the pods of its node, get its node):
+# the ClusterRole must grant exactly this. The source module is the one place that says it.
+KUBERNETES_SOURCE_RBAC = {resource: set(verbs) for resource, verbs in REQUIRED_RBAC.items()}
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 SHUTDOWN_MARGIN_S = 5.0  # between service.shutdown_timeout and the pod's SIGKILL

@@ -144,6 +144,6 @@ def test_rbac_beyond_the_sources_needs_is_refused(tmp_path: Path) -> None:
 def test_configmap_config_with_an_unknown_key_fails_check(tmp_path: Path) -> None:
     objects = _objects(with_example_secret=True)
     configmap = next(o for o in objects if o["kind"] == "ConfigMap")
-    configmap["data"]["config.yaml"] += "sources:\n  kubernetes: {}\n"
+    configmap["data"]["config.yaml"] += "sources:\n  kubernetess: {}\n"
     with pytest.raises(AssertionError, match="otlp-meter check failed"):
         assert_deployable(objects, tmp_path)

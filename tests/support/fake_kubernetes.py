@@ -20,6 +20,7 @@ label selectors parsed (equality- and set-based), booleans as Go's ParseBool rea
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import json
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -48,9 +50,40 @@ POD_FIELDS = {
     "status.podIP",
     "status.nominatedNodeName",
 }
-LIST_PARAMS = {"fieldSelector", "labelSelector", "limit", "continue", "resourceVersion", "resourceVersionMatch", "pretty"}
-WATCH_PARAMS = {"fieldSelector", "labelSelector", "resourceVersion", "allowWatchBookmarks", "timeoutSeconds", "watch", "pretty", "sendInitialEvents", "resourceVersionMatch"}
-_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True, "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+LIST_PARAMS = {
+    "fieldSelector",
+    "labelSelector",
+    "limit",
+    "continue",
+    "resourceVersion",
+    "resourceVersionMatch",
+    "pretty",
+}
+WATCH_PARAMS = {
+    "fieldSelector",
+    "labelSelector",
+    "resourceVersion",
+    "allowWatchBookmarks",
+    "timeoutSeconds",
+    "watch",
+    "pretty",
+    "sendInitialEvents",
+    "resourceVersionMatch",
+}
+_BOOL = {
+    "1": True,
+    "t": True,
+    "T": True,
+    "TRUE": True,
+    "true": True,
+    "True": True,
+    "0": False,
+    "f": False,
+    "F": False,
+    "FALSE": False,
+    "false": False,
+    "False": False,
+}
 _SET_RE = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
 
 
@@ -61,7 +94,15 @@ class BadRequest(Exception):
 
 
 def status_object(code: int, reason: str, message: str) -> Obj:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def field_of(pod: Obj, path: str) -> str:
@@ -81,32 +122,41 @@ def parse_field_selector(text: str) -> Callable[[Obj], bool]:
             raise BadRequest(400, "BadRequest", f"invalid field selector: {raw!r}")
         key, op, value = m.groups()
         if key not in POD_FIELDS:
-            raise BadRequest(400, "BadRequest", f'field label not supported: {key}')
+            raise BadRequest(400, "BadRequest", f"field label not supported: {key}")
         terms.append((key, op, value))
     return lambda pod: all((field_of(pod, k) == v) == (op != "!=") for k, op, v in terms)
 
 
+Requirement = tuple[str, str, frozenset[str]]  # key, operator (in, notin, exists, !exists), values
+
+
+def _holds(labels: Mapping[str, str], requirement: Requirement) -> bool:
+    key, op, values = requirement
+    if op == "in":
+        return labels.get(key) in values
+    if op == "notin":
+        return labels.get(key) not in values
+    return (key in labels) == (op == "exists")
+
+
 def parse_label_selector(text: str) -> Callable[[Obj], bool]:
-    checks: list[Callable[[Mapping[str, str]], bool]] = []
+    requirements: list[Requirement] = []
     for raw in _split_selector(text):
         if m := _SET_RE.match(raw):
-            key, op, values = m[1], m[2], {v.strip() for v in m[3].split(",") if v.strip()}
-            if op == "in":
-                checks.append(lambda l, k=key, vs=values: l.get(k) in vs)
-            else:
-                checks.append(lambda l, k=key, vs=values: l.get(k) not in vs)
+            values = frozenset(v.strip() for v in m[3].split(",") if v.strip())
+            requirements.append((m[1], m[2], values))
         elif m := re.fullmatch(r"\s*([\w./-]+)\s*(==|!=|=)\s*([\w.-]*)\s*", raw):
-            key, op, value = m.groups()
-            if op == "!=":
-                checks.append(lambda l, k=key, v=value: l.get(k) != v)
-            else:
-                checks.append(lambda l, k=key, v=value: l.get(k) == v)
+            requirements.append((m[1], "notin" if m[2] == "!=" else "in", frozenset([m[3]])))
         elif m := re.fullmatch(r"\s*(!?)([\w./-]+)\s*", raw):
-            negate, key = m[1] == "!", m[2]
-            checks.append(lambda l, k=key, n=negate: (k in l) != n)
+            requirements.append((m[2], "!exists" if m[1] else "exists", frozenset()))
         else:
             raise BadRequest(400, "BadRequest", f"unable to parse requirement: {raw!r}")
-    return lambda pod: all(check((pod.get("metadata") or {}).get("labels") or {}) for check in checks)
+
+    def matches(pod: Obj) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return all(_holds(labels, r) for r in requirements)
+
+    return matches
 
 
 def _split_selector(text: str) -> Iterator[str]:
@@ -161,6 +211,7 @@ class FakeKubernetes:
         self._failures: list[tuple[str, int]] = []
         self._watch_generation = 0
         self._bookmark_requests = 0
+        self._down: int | None = None
         self.watches_open = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -169,8 +220,7 @@ class FakeKubernetes:
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FakeKubernetes:
         self._thread.start()
@@ -241,7 +291,11 @@ class FakeKubernetes:
 
     def add_node(self, name: str, labels: Mapping[str, str]) -> None:
         with self._lock:
-            self._nodes[name] = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "labels": dict(labels), "resourceVersion": str(self._next_rv())}}
+            self._nodes[name] = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {"name": name, "labels": dict(labels), "resourceVersion": str(self._next_rv())},
+            }
 
     def compact(self) -> None:
         """Forget history: watches from any older resourceVersion now get 410 Gone."""
@@ -260,6 +314,11 @@ class FakeKubernetes:
         with self._lock:
             self._bookmark_requests += 1
             self._lock.notify_all()
+
+    def down(self, status: int | None) -> None:
+        """Answer every request with ``status`` (None: serve again); open watches keep going."""
+        with self._lock:
+            self._down = status
 
     def fail_next(self, path_prefix: str, status: int, count: int = 1) -> None:
         with self._lock:
@@ -329,6 +388,8 @@ class FakeKubernetes:
             raise BadRequest(401, "Unauthorized", "Unauthorized")
         if failure is not None:
             raise BadRequest(failure[1], "InternalError", f"injected failure {failure[1]}")
+        if self._down is not None:
+            raise BadRequest(self._down, "ServiceUnavailable", "down (test)")
         if m := re.fullmatch(r"/api/v1/nodes/([^/]+)", parts.path):
             _only(query, {"pretty"})
             with self._lock:
@@ -349,14 +410,21 @@ class FakeKubernetes:
         labels = parse_label_selector(_one(query, "labelSelector") or "")
 
         def selected(pod: Obj | None) -> bool:
-            return pod is not None and (namespace is None or pod["metadata"]["namespace"] == namespace) and fields(pod) and labels(pod)
+            return (
+                pod is not None
+                and (namespace is None or pod["metadata"]["namespace"] == namespace)
+                and fields(pod)
+                and labels(pod)
+            )
 
         if watching:
             self._watch(handler, query, selected)
         else:
             self._list(handler, query, selected)
 
-    def _list(self, handler: Any, query: dict[str, list[str]], selected: Callable[[Obj | None], bool]) -> None:
+    def _list(
+        self, handler: Any, query: dict[str, list[str]], selected: Callable[[Obj | None], bool]
+    ) -> None:
         limit = int(_one(query, "limit") or 0)
         token = _one(query, "continue")
         with self._lock:
@@ -373,9 +441,14 @@ class FakeKubernetes:
         metadata: Obj = {"resourceVersion": str(rv)}
         if limit and len(keys) > limit:
             metadata["continue"] = f"{rv}:{'/'.join(page[-1])}"
-        handler._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": [state[k] for k in page]})
+        handler._json(
+            200,
+            {"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": [state[k] for k in page]},
+        )
 
-    def _watch(self, handler: Any, query: dict[str, list[str]], selected: Callable[[Obj | None], bool]) -> None:
+    def _watch(
+        self, handler: Any, query: dict[str, list[str]], selected: Callable[[Obj | None], bool]
+    ) -> None:
         since = int(_one(query, "resourceVersion") or 0)
         timeout = int(_one(query, "timeoutSeconds") or 1800)
         bookmarks = _bool(query, "allowWatchBookmarks")
@@ -396,7 +469,14 @@ class FakeKubernetes:
             handler.wfile.flush()
 
         if too_old:
-            send({"type": "ERROR", "object": status_object(410, "Expired", f"too old resource version: {since} ({self._compacted})")})
+            send(
+                {
+                    "type": "ERROR",
+                    "object": status_object(
+                        410, "Expired", f"too old resource version: {since} ({self._compacted})"
+                    ),
+                }
+            )
             handler.wfile.write(b"0\r\n\r\n")
             return
         deadline = time.monotonic() + timeout
@@ -430,7 +510,19 @@ class FakeKubernetes:
                 auto = self.bookmark_every and time.monotonic() - last_bookmark >= self.bookmark_every
                 if bookmarks and (want_bookmark or auto):
                     position = max(position, current)
-                    send({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(position), "annotations": {"k8s.io/initial-events-end": "false"}}}})
+                    send(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": "Pod",
+                                "apiVersion": "v1",
+                                "metadata": {
+                                    "resourceVersion": str(position),
+                                    "annotations": {"k8s.io/initial-events-end": "false"},
+                                },
+                            },
+                        }
+                    )
                     last_bookmark = time.monotonic()
                 if time.monotonic() >= deadline:
                     handler.wfile.write(b"0\r\n\r\n")
@@ -468,11 +560,19 @@ def _only(query: Mapping[str, list[str]], allowed: set[str]) -> None:
 _names = itertools.count(1)
 
 
-def rfc3339(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+Seconds = float | Fraction
 
 
-def container(name: str, requests: Mapping[str, Any] | None = None, limits: Mapping[str, Any] | None = None, **extra: Any) -> Obj:
+def rfc3339(seconds: Seconds) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(seconds)))
+
+
+def container(
+    name: str,
+    requests: Mapping[str, Any] | None = None,
+    limits: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Obj:
     resources: Obj = {}
     if requests:
         resources["requests"] = {k: str(v) for k, v in requests.items()}
@@ -488,22 +588,35 @@ def make_pod(
     node: str | None = "node-1",
     containers: list[Obj] | None = None,
     init_containers: list[Obj] | None = None,
-    started: float | None = None,
+    started: Seconds | None = None,
     phase: str = "Running",
-    finished: float | None = None,
+    finished: Seconds | None = None,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     owner: tuple[str, str] | None = None,
-    created: float | None = None,
+    created: Seconds | None = None,
 ) -> Obj:
     """A pod as the API shows it: spec, and a status whose container states match ``phase``."""
     name = name or f"pod-{next(_names)}"
     containers = containers or [container("app", {"cpu": "500m", "memory": "1Gi"})]
-    meta: Obj = {"name": name, "namespace": namespace, "labels": dict(labels or {}), "annotations": dict(annotations or {})}
+    meta: Obj = {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels or {}),
+        "annotations": dict(annotations or {}),
+    }
     if created is not None or started is not None:
         meta["creationTimestamp"] = rfc3339(created if created is not None else (started or 0) - 5)
     if owner is not None:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": str(uuid.uuid4()), "controller": True}]
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": owner[0],
+                "name": owner[1],
+                "uid": str(uuid.uuid4()),
+                "controller": True,
+            }
+        ]
     spec: Obj = {"containers": containers, "restartPolicy": "Always", "schedulerName": "default-scheduler"}
     if init_containers:
         spec["initContainers"] = init_containers
@@ -515,12 +628,29 @@ def make_pod(
         states = []
         for c in containers:
             if finished is not None:
-                state = {"terminated": {"startedAt": rfc3339(started), "finishedAt": rfc3339(finished), "exitCode": 0, "reason": "Completed"}}
+                state = {
+                    "terminated": {
+                        "startedAt": rfc3339(started),
+                        "finishedAt": rfc3339(finished),
+                        "exitCode": 0,
+                        "reason": "Completed",
+                    }
+                }
             else:
                 state = {"running": {"startedAt": rfc3339(started)}}
-            states.append({"name": c["name"], "ready": finished is None, "restartCount": 0, "image": "busybox", "state": state})
+            states.append(
+                {
+                    "name": c["name"],
+                    "ready": finished is None,
+                    "restartCount": 0,
+                    "image": "busybox",
+                    "state": state,
+                }
+            )
         status["containerStatuses"] = states
-        status["conditions"] = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339(started - 1)}]
+        status["conditions"] = [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339(started - 1)}
+        ]
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
 
 
@@ -528,3 +658,48 @@ def make_pod(
 def fake_kubernetes(**kwargs: Any) -> Iterator[FakeKubernetes]:
     with FakeKubernetes(**kwargs) as server:
         yield server
+
+
+class FakeTime:
+    """Test time for a periodic source: ``clock`` is ``now``; every ``wait`` parks the source until
+    the test calls :meth:`advance`, which moves ``now`` by the wait asked for and lets it go on."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+        self._gate: asyncio.Future[None] | None = None
+        self._parked: asyncio.Event | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def _event(self) -> asyncio.Event:
+        if self._parked is None:
+            self._parked = asyncio.Event()
+        return self._parked
+
+    async def wait(self, stop: asyncio.Event, seconds: float) -> bool:
+        self.sleeps.append(seconds)
+        self._gate = asyncio.get_running_loop().create_future()
+        stopping = asyncio.ensure_future(stop.wait())
+        self._event().set()
+        try:
+            waiting: list[asyncio.Future[Any]] = [self._gate, stopping]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self._event().clear()
+        return stop.is_set()
+
+    async def parked(self, limit: float = 20.0) -> float:
+        """Until the source waits; returns how long it asked to wait."""
+        await asyncio.wait_for(self._event().wait(), limit)
+        return self.sleeps[-1]
+
+    async def advance(self, limit: float = 20.0) -> float:
+        """Let the parked wait end (time moves by its length); returns the next wait asked for."""
+        self.now += self.sleeps[-1]
+        self._event().clear()
+        assert self._gate is not None
+        self._gate.set_result(None)
+        return await self.parked(limit)

@@ -112,7 +112,8 @@ async def test_rejected_records_are_dead_lettered_and_explained(harness: Harness
     assert result.message.count("token-usage: ") == 2
     assert harness.queue.stats().dead_letters == 2
     assert [entry.rule for entry in harness.queue.list_dead()] == ["token-usage", "token-usage"]
-    assert harness.value("rules_rejected_records_total", signal="logs") == 2
+    labels = {"rule": "token-usage", "reason": "invalid_value"}
+    assert harness.value("rules_rejected_records_total", **labels) == 2
 
 
 async def test_the_message_names_three_reasons_and_counts_the_rest(harness: Harness) -> None:

@@ -28,6 +28,7 @@ from otlp_meter.receivers.config import AuthConfig, EventsApiConfig, GrpcReceive
 from otlp_meter.receivers.events_api import events_api_app
 from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver
 from otlp_meter.receivers.otlp_http import otlp_http_app
+from otlp_meter.telemetry.health import report
 from otlp_meter.telemetry.metrics import Metrics
 from otlp_meter.telemetry.server import telemetry_app
 from tests.unit.receivers.conftest import Stack, genai_logs
@@ -273,7 +274,7 @@ async def test_otlp_grpc_checks_the_authorization_metadata(stack: Stack) -> None
 async def test_telemetry_metrics_need_their_own_token_while_probes_stay_open() -> None:
     metrics = Metrics()
     auth = Authenticator(tokens("scrape-token"), metrics, "telemetry")
-    app = telemetry_app(metrics, lambda: (True, "ok"), auth)
+    app = telemetry_app(metrics, lambda: report(True), auth)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         anonymous = await client.get("/metrics")
         scraper = await client.get("/metrics", headers={"authorization": "Bearer scrape-token"})

@@ -34,6 +34,7 @@ def test_default_config_loads_every_shipped_pack_in_order() -> None:
         "kubernetes-pod",
         "prometheus-query",
         "runai-gpu-allocation",
+        "s3-unreadable-row",
         "s3-usage-row",
     ]
 

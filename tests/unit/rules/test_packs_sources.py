@@ -259,6 +259,27 @@ def test_s3_rows_name_their_own_event() -> None:
     )
 
 
+def test_s3_unreadable_rows_are_rejected_with_the_sources_reason_whatever_the_subject() -> None:
+    unreadable = log_record(
+        {
+            "aws.s3.key": "usage/2024-01-01.jsonl",
+            "otlp_meter.s3.row": 3,
+            "otlp_meter.s3.line": 3,
+            "otlp_meter.s3.error": "usage/2024-01-01.jsonl line 3: invalid JSON: unexpected end of data",
+        },
+        body='{"type": "storage", "subj',
+    )
+    request = logs_request(
+        unreadable, resource={"aws.s3.bucket": "billing"}, scope=("otlp_meter.sources.s3", "")
+    )
+    why = "usage/2024-01-01.jsonl line 3: invalid JSON: unexpected end of data"
+    reason = f"type: expression failed: no such key '{why}'"
+    for engine in (packs("s3"), packs("s3", s3={"path": "attributes.aws.s3.key"})):
+        result = engine.map_logs(request, RECEIVED)
+        assert (result.events, [r.rule for r in result.rejected]) == ([], ["s3-unreadable-row"])
+        assert reasons(result) == [reason]
+
+
 def test_s3_row_read_twice_is_the_same_event() -> None:
     row = {"type": "storage", "subject": "acme", "gb": 1}
     engine = packs("s3")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from otlp_meter.telemetry.logging import configure_logging, get_logger
+from otlp_meter.telemetry.logging import ThrottledLog, configure_logging, get_logger, redact
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TOUCHED = ("otlp_meter", "uvicorn", "uvicorn.error", "uvicorn.access", "grpc")
@@ -177,3 +177,81 @@ def test_library_warnings_go_through_the_same_handler() -> None:
 
     [line] = json_lines(stream)
     assert (line["event"], line["logger"], line["level"]) == ("worth seeing", "uvicorn.error", "warn")
+
+
+# --- throttling: events a sender can cause at will ------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_throttled_event_is_written_once_per_interval_per_key_with_the_count_held_back() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    clock = Clock()
+    refusals = ThrottledLog(get_logger("receiver"), "receiver_refused", interval=10.0, clock=clock)
+
+    for _ in range(1000):  # a client hammering with malformed requests
+        refusals.warning("malformed", reason="malformed")
+    refusals.warning("queue_full", reason="queue_full")  # another reason has its own budget
+    clock.now = 10.0
+    refusals.warning("malformed", reason="malformed")
+
+    lines = [(line["reason"], line["suppressed"]) for line in json_lines(stream)]
+    assert lines == [("malformed", 0), ("queue_full", 0), ("malformed", 999)]
+
+
+def test_unbounded_keys_share_one_budget_beyond_max_keys() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    log = ThrottledLog(get_logger("x"), "odd", interval=10.0, clock=Clock(), max_keys=2)
+
+    written = [log.info(f"key-{n}", n=n) for n in range(100)]
+
+    assert written[:3] == [True, True, True]
+    assert not any(written[3:])
+    assert len(json_lines(stream)) == 3
+
+
+# --- secrets: never written, even when a caller passes one by mistake -----------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_bearer_credentials_are_scrubbed_from_every_line(fmt: str) -> None:
+    stream = io.StringIO()
+    configure_logging("info", fmt, stream)
+
+    get_logger("x").warning(
+        "upstream_said",
+        detail="401: header was 'Authorization: Bearer s3cr3t-t0ken-value'",
+        auth="bearer tokens",
+    )
+    try:
+        raise RuntimeError("request failed with Bearer another-secret-123")
+    except RuntimeError:
+        get_logger("x").exception("request_failed")
+
+    text = stream.getvalue()
+    assert "s3cr3t-t0ken-value" not in text
+    assert "another-secret-123" not in text
+    assert "Bearer ***" in text
+    assert "bearer tokens" in text  # prose stays readable
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("Authorization: Bearer abc.def-123_456", "Authorization: Bearer ***"),
+        ("bearer   lower-case-token, next", "bearer ***, next"),
+        ("url?auth=Bearer%20token-in-a-url&x=1", "url?auth=Bearer ***&x=1"),
+        ("with bearer token", "with bearer token"),
+        ("nothing to see", "nothing to see"),
+    ],
+)
+def test_redact(text: str, scrubbed: str) -> None:
+    assert redact(text) == scrubbed

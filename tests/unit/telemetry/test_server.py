@@ -1,5 +1,5 @@
 """The telemetry endpoint: ``/metrics`` for Prometheus (OpenMetrics when asked), ``/healthz`` for
-liveness, ``/readyz`` for readiness with its reason; only GET and HEAD."""
+liveness, ``/readyz`` for readiness with its reason and checks; only GET and HEAD."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from otlp_meter.http_server import HttpServer
-from otlp_meter.telemetry.metrics import Metrics, QueueGauges
+from otlp_meter.telemetry.health import Check, ReadinessReport, report
+from otlp_meter.telemetry.metrics import Metrics
 from otlp_meter.telemetry.server import telemetry_app
+from tests.unit.telemetry.stats import queue_stats
 
 
 class Readiness:
     def __init__(self) -> None:
-        self.state = (True, "ok")
+        self.state = report(True)
 
-    def __call__(self) -> tuple[bool, str]:
+    def __call__(self) -> ReadinessReport:
         return self.state
 
 
@@ -28,7 +30,8 @@ class Readiness:
 def metrics() -> Metrics:
     metrics = Metrics()
     metrics.receiver_accepted_records.labels("grpc", "logs").inc(7)
-    metrics.observe_queue(lambda: QueueGauges(3, 300, 1000, 1, 2.5))
+    stats = queue_stats(depth=3, bytes=300, capacity_bytes=1000, dead_letters=1, oldest_enqueued_at=97.5)
+    metrics.observe_queue(lambda: stats, clock=lambda: 100.0)
     return metrics
 
 
@@ -94,7 +97,7 @@ async def test_queue_gauges_are_absent_until_the_queue_can_be_read(client: httpx
 async def test_healthz_is_ok_while_the_process_serves(
     client: httpx.AsyncClient, readiness: Readiness
 ) -> None:
-    readiness.state = (False, "queue full")
+    readiness.state = report(False, "queue full")
 
     response = await client.get("/healthz")
 
@@ -107,19 +110,49 @@ async def test_readyz_is_200_when_ready(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert orjson.loads(response.content) == {"status": "ready", "reason": "ok"}
+    assert orjson.loads(response.content) == {
+        "status": "ready",
+        "reason": "ok",
+        "checks": {"service": {"ok": True}},
+    }
 
 
 @pytest.mark.parametrize("reason", ["starting", "queue full", "shutting down"])
 async def test_readyz_is_503_with_the_reason_when_not_ready(
     client: httpx.AsyncClient, readiness: Readiness, reason: str
 ) -> None:
-    readiness.state = (False, reason)
+    readiness.state = report(False, reason)
 
     response = await client.get("/readyz")
 
     assert response.status_code == 503
-    assert orjson.loads(response.content) == {"status": "not ready", "reason": reason}
+    body = orjson.loads(response.content)
+    assert (body["status"], body["reason"]) == ("not ready", reason)
+
+
+async def test_readyz_explains_every_check_and_names_the_first_that_fails(
+    client: httpx.AsyncClient, readiness: Readiness
+) -> None:
+    readiness.state = ReadinessReport(
+        {
+            "lifecycle": Check(True, details={"state": "running"}),
+            "receivers": Check(True, details={"listening": {"otlp_grpc": "127.0.0.1:4317"}}),
+            "queue": Check(False, "queue full", {"open": True, "full": True, "bytes": 10}),
+        }
+    )
+
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert orjson.loads(response.content) == {
+        "status": "not ready",
+        "reason": "queue full",
+        "checks": {
+            "lifecycle": {"ok": True, "state": "running"},
+            "receivers": {"ok": True, "listening": {"otlp_grpc": "127.0.0.1:4317"}},
+            "queue": {"ok": False, "reason": "queue full", "open": True, "full": True, "bytes": 10},
+        },
+    }
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])

@@ -1,0 +1,271 @@
+"""Rows out of usage files: each layout, bad rows, gzip, and resuming from any committed position."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otlp_meter.sources.s3_formats import CorruptObject, Layout, Position, Row, csv_value, gunzip, read_rows
+
+
+def chunked(data: bytes, size: int) -> Iterator[bytes]:
+    return iter([data[i : i + size] for i in range(0, len(data), size)])
+
+
+def rows(
+    data: bytes,
+    layout: Layout,
+    start: Position | None = None,
+    *,
+    chunk: int = 7,
+    limit: int = 1000,
+    **kw: Any,
+) -> list[Row]:
+    start = start or Position()
+    ranged = bool(start.offset)
+    body = data[start.offset :] if ranged and start.offset else data
+    return list(read_rows(chunked(body, chunk), layout, start, ranged=ranged, max_row_bytes=limit, **kw))
+
+
+def values(found: list[Row]) -> list[Any]:
+    return [r.value if r.error is None else ("error", r.line, r.error) for r in found]
+
+
+# --- JSON Lines ----------------------------------------------------------------------------------
+
+
+def test_jsonl_rows_with_their_line_numbers_and_positions() -> None:
+    data = b'{"a": 1}\n\n  \n{"b": "x\\ny"}\r\n{"c": 3}'
+    found = rows(data, "jsonl")
+    assert values(found) == [{"a": 1}, {"b": "x\ny"}, {"c": 3}]
+    assert [(r.number, r.line) for r in found] == [(1, 1), (2, 4), (3, 5)]
+    assert [r.after for r in found] == [
+        Position(rows=1, line=2, offset=9),
+        Position(rows=2, line=5, offset=28),
+        Position(rows=3, line=6, offset=len(data)),
+    ]
+
+
+def test_jsonl_unreadable_rows_keep_their_text_and_reading_goes_on() -> None:
+    found = rows(b'{"a": 1}\nnot json\n[1, 2]\n"text"\n{"b": 2}\n', "jsonl")
+    assert [(r.line, r.error is None, r.raw) for r in found] == [
+        (1, True, ""),
+        (2, False, "not json"),
+        (3, False, "[1, 2]"),
+        (4, False, '"text"'),
+        (5, True, ""),
+    ]
+    assert found[1].error is not None
+    assert found[1].error.startswith("invalid JSON: ")
+    assert found[2].error == "a row must be a JSON object, got list"
+
+
+def test_a_row_longer_than_the_limit_is_refused_without_being_held() -> None:
+    long_row = b'{"a": "' + b"x" * 10_000 + b'"}'
+    found = rows(long_row + b'\n{"b": 1}\n', "jsonl", limit=100, chunk=64)
+    assert values(found) == [("error", 1, "row longer than max_row_bytes (10010 > 100 bytes)"), {"b": 1}]
+    assert found[0].raw == ""
+
+
+# --- JSON array ----------------------------------------------------------------------------------
+
+
+def test_json_array_elements_one_at_a_time() -> None:
+    data = b' [ {"a": "],\\"{"} ,\n {"b": [1, {"c": [2]}]},\n{"d": "\\\\"}\n]\n'
+    for chunk in (1, 2, 3, 5, 64):
+        found = rows(data, "json", chunk=chunk)
+        assert values(found) == [{"a": '],"{'}, {"b": [1, {"c": [2]}]}, {"d": "\\"}], chunk
+        assert [r.line for r in found] == [1, 2, 3]
+
+
+def test_an_empty_array_has_no_rows() -> None:
+    assert rows(b"[]", "json") == []
+    assert rows(b" [ \n ] \n", "json") == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a": 1}', [("error", 1, "the file is not a JSON array (it must start with [)")]),
+        (b'[{"a": 1}, {"b": ', [{"a": 1}, ("error", 1, "the file ends inside a row (truncated JSON array)")]),
+        (b'[{"a": 1}', [{"a": 1}, ("error", 1, "the file ends before the JSON array is closed")]),
+        (b'[{"a": 1}] x', [{"a": 1}, ("error", 1, "data after the end of the JSON array")]),
+        (b"", [("error", 1, "the file ends before the JSON array is closed")]),
+    ],
+)
+def test_a_broken_array_ends_with_one_error_row(data: bytes, expected: list[Any]) -> None:
+    assert values(rows(data, "json")) == expected
+
+
+def test_a_bad_element_is_one_error_row_and_the_next_one_counts() -> None:
+    found = rows(b'[{"a": 1}, 5, {bad}, "s", {"b": 2}]', "json")
+    assert [r.error is None for r in found] == [True, False, False, False, True]
+    assert found[2].raw == "{bad}"
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+def test_csv_records_become_maps_named_by_the_header() -> None:
+    data = (
+        b"\xef\xbb\xbftype,subject,gb,id,note\r\n"
+        b"storage,acme,12.5,007,\r\n"
+        b'"egress",globex,3,"x,y","two\nlines"\n'
+    )
+    found = rows(data, "csv")
+    assert values(found) == [
+        {"type": "storage", "subject": "acme", "gb": 12.5, "id": "007"},
+        {"type": "egress", "subject": "globex", "gb": 3, "id": "x,y", "note": "two\nlines"},
+    ]
+    assert [r.line for r in found] == [2, 3]
+    assert found[-1].after == Position(
+        rows=2, line=5, offset=len(data), columns=("type", "subject", "gb", "id", "note")
+    )
+
+
+@pytest.mark.parametrize(
+    ("cell", "value"),
+    [("12", 12), ("-3", -3), ("0", 0), ("1.5", 1.5), ("2e3", 2000.0), ("007", "007"), ("1_000", "1_000"),
+     ("+1", "+1"), (" 1", " 1"), ("true", "true"), ("", "")],
+)  # fmt: skip
+def test_only_canonical_decimal_numbers_become_numbers(cell: str, value: Any) -> None:
+    assert csv_value(cell) == value
+    assert type(csv_value(cell)) is type(value)
+
+
+def test_broken_csv_records_are_error_rows() -> None:
+    data = b'a,b\n1,2\n1,2,3\n"x"y,1\n\xff,1\n4,5\n"open,6\n7,8\n'
+    found = rows(data, "csv")
+    assert values(found) == [
+        {"a": 1, "b": 2},
+        ("error", 3, "3 fields, the header has 2"),
+        found[2] and ("error", 4, found[2].error),
+        found[3] and ("error", 5, found[3].error),
+        {"a": 4, "b": 5},
+        ("error", 7, "unterminated quoted field at the end of the file"),
+    ]
+    assert str(found[2].error).startswith("malformed CSV")
+    assert str(found[3].error).startswith("not valid UTF-8")
+
+
+def test_a_custom_delimiter() -> None:
+    assert values(rows(b"a;b\n1;x,y\n", "csv", delimiter=";")) == [{"a": 1, "b": "x,y"}]
+
+
+def test_an_unreadable_header_ends_the_file() -> None:
+    assert values(rows(b'"a,b\n', "csv")) == [
+        ("error", 1, "the CSV header cannot be read: unterminated quoted field at the end of the file")
+    ]
+
+
+# --- gzip ----------------------------------------------------------------------------------------
+
+
+def test_gzip_members_concatenate() -> None:
+    data = gzip.compress(b'{"a": 1}\n') + gzip.compress(b'{"a": 2}\n')
+    assert b"".join(gunzip(chunked(data, 3))) == b'{"a": 1}\n{"a": 2}\n'
+
+
+def test_corrupt_and_truncated_gzip_are_errors() -> None:
+    data = gzip.compress(b'{"a": 1}\n' * 100)
+    with pytest.raises(CorruptObject, match="truncated"):
+        b"".join(gunzip(iter([data[:-12]])))
+    with pytest.raises(CorruptObject, match="corrupt gzip"):
+        b"".join(gunzip(iter([b"not gzip at all"])))
+    cut = iter([data[: len(data) // 2]])
+    found = list(read_rows(gunzip(cut), "jsonl", Position(offset=None), ranged=False, max_row_bytes=99))
+    assert found[-1].error is not None
+    assert "truncated gzip" in found[-1].error
+
+
+def test_gzip_inflates_in_bounded_pieces() -> None:
+    bomb = gzip.compress(b"\n" * (64 * 1024 * 1024))  # 64 MiB of newlines in ~64 KiB
+    pieces = gunzip(iter([bomb]), max_output=1 << 20)
+    assert max(len(p) for p in pieces) <= 1 << 20
+
+
+def test_gzip_rows_resume_by_skipping_the_done_rows() -> None:
+    data = gzip.compress(b"".join(orjson.dumps({"n": i}) + b"\n" for i in range(10)))
+    start = Position(rows=7, line=8, offset=None)
+    found = list(read_rows(gunzip(chunked(data, 5)), "jsonl", start, ranged=False, max_row_bytes=99))
+    assert [r.value for r in found] == [{"n": 7}, {"n": 8}, {"n": 9}]
+    assert [r.after.offset for r in found] == [None] * 3
+
+
+# --- Any chunking, any resume point: the same rows -----------------------------------------------
+
+scalars = st.one_of(
+    st.integers(-(10**12), 10**12),
+    st.text(st.characters(codec="utf-8", exclude_characters="\r\x00"), max_size=12),
+    st.booleans(),
+)
+records = st.lists(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), scalars, min_size=1), min_size=1, max_size=8
+)
+
+
+def encode(layout: Layout, items: list[dict[str, Any]]) -> bytes:
+    if layout == "jsonl":
+        return b"".join(orjson.dumps(i) + b"\n" for i in items)
+    if layout == "json":
+        return b"[\n" + b",\n".join(orjson.dumps(i) for i in items) + b"\n]"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["a", "b", "c"])
+    for item in items:
+        writer.writerow([item.get(k, "") for k in ("a", "b", "c")])
+    return out.getvalue().encode()
+
+
+def expected(layout: Layout, item: dict[str, Any]) -> dict[str, Any]:
+    if layout != "csv":
+        return item
+    text = {k: v if isinstance(v, str) else str(v) for k, v in item.items()}  # csv writes True as "True"
+    return {k: csv_value(v) for k, v in text.items() if v != ""}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    layout=st.sampled_from(["jsonl", "json", "csv"]),
+    items=records,
+    chunk=st.integers(1, 40),
+    cut=st.integers(0, 8),
+    compressed=st.booleans(),
+)
+def test_any_chunking_and_any_resume_point_give_the_same_rows(
+    layout: Layout, items: list[dict[str, Any]], chunk: int, cut: int, compressed: bool
+) -> None:
+    data = encode(layout, items)
+    full = rows(data, layout, chunk=chunk)
+    assert [r.value for r in full] == [expected(layout, i) for i in items]
+    if cut >= len(full):
+        return
+    done = full[cut - 1].after if cut else Position()
+    if compressed:  # resuming a gzip file: read from the start, skip the done rows
+        start = Position(rows=done.rows, line=done.line, offset=None, columns=done.columns)
+        zipped = gzip.compress(data)
+        rest = list(
+            read_rows(gunzip(chunked(zipped, chunk)), layout, start, ranged=False, max_row_bytes=1000)
+        )
+        assert [(r.number, r.line, r.value) for r in rest] == [
+            (r.number, r.line, r.value) for r in full[cut:]
+        ]
+    else:  # resuming a plain file: a ranged read from the committed offset
+        rest = rows(data, layout, done, chunk=chunk)
+        assert rest == full[cut:]
+
+
+def test_zlib_errors_do_not_escape_as_zlib_errors() -> None:
+    with pytest.raises(CorruptObject):
+        list(gunzip(iter([gzip.compress(b"x")[:10] + b"\xff" * 20])))
+    assert issubclass(CorruptObject, Exception)
+    assert not issubclass(CorruptObject, zlib.error)
