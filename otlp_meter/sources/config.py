@@ -6,7 +6,7 @@ from pydantic import Field
 
 from otlp_meter.config_types import Section
 from otlp_meter.sources import kubernetes, prometheus, runai, s3
-from otlp_meter.sources.base import Source
+from otlp_meter.sources.base import Source, SourceObserver
 from otlp_meter.sources.kubernetes import KubernetesSourceConfig
 from otlp_meter.sources.prometheus import PrometheusSourceConfig
 from otlp_meter.sources.runai import RunaiSourceConfig
@@ -28,11 +28,11 @@ class SourcesConfig(Section):
     )
 
 
-def build_sources(config: SourcesConfig) -> list[Source]:
-    """One running source per configured instance, in config order."""
-    built: list[Source] = [prometheus.build(c) for c in config.prometheus]
-    built += [s3.build(c) for c in config.s3]
+def build_sources(config: SourcesConfig, observer: SourceObserver | None = None) -> list[Source]:
+    """One running source per configured instance, in config order, reporting to ``observer``."""
+    built: list[Source] = [prometheus.build(c, observer=observer) for c in config.prometheus]
+    built += [s3.build(c, observer=observer) for c in config.s3]
     if config.kubernetes is not None:
-        built.append(kubernetes.build(config.kubernetes))
-    built += [runai.build(c) for c in config.runai]
+        built.append(kubernetes.build(config.kubernetes, observer=observer))
+    built += [runai.build(c, observer=observer) for c in config.runai]
     return built

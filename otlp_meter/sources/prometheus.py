@@ -201,6 +201,8 @@ class PrometheusSource:
             except QueryFailed as exc:
                 delay = next(delays)
                 self._failed(query, tick, exc, delay)
+                if last is not None:  # a stuck query shows as a growing lag
+                    self._set_lag(query.name, self._clock() - last)
                 if await self._wait(stop, delay):
                     return
                 continue

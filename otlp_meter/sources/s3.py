@@ -195,7 +195,8 @@ class S3Source:
                 continue
             modified_ns = round(listed["LastModified"].timestamp() * 1e9)
             progress = ObjectProgress(key, listed["ETag"], modified_ns)
-            done = await self._read(client, sink, stop, S3Cursor(cursor.after, progress), progress)
+            reading = S3Cursor(cursor.after, progress, cursor.etag)
+            done = await self._read(client, sink, stop, reading, progress)
             if done is None:
                 return False
             cursor = done
@@ -238,7 +239,7 @@ class S3Source:
             log.warning(
                 "s3_object_vanished", source=self.name, key=progress.key, rows_read=progress.position.rows
             )
-            done = S3Cursor(progress.key)
+            done = S3Cursor(progress.key, etag=progress.etag)
             return done if await self._commit(sink, stop, [], done) is not None else None
         if progress.position.rows:
             log.info(
@@ -260,13 +261,13 @@ class S3Source:
                 groups = self._groups(rows)
                 for i, (items, last) in enumerate(groups):
                     final = finished and i == len(groups) - 1
-                    here = S3Cursor(cursor.after, replace(stream.progress, position=last.after))
-                    at = S3Cursor(progress.key) if final else here
+                    here = S3Cursor(cursor.after, replace(stream.progress, position=last.after), cursor.etag)
+                    at = S3Cursor(progress.key, etag=stream.progress.etag) if final else here
                     if await self._commit(sink, stop, items, at, stream.progress) is None:
                         return None
                     rows_done = last.after.rows
                 if finished:
-                    done = S3Cursor(progress.key)
+                    done = S3Cursor(progress.key, etag=stream.progress.etag)
                     if not groups and await self._commit(sink, stop, [], done) is None:
                         return None
                     self.stats.add("objects_completed")

@@ -3,11 +3,12 @@ and the OTLP log records (or CloudEvents) they become. Runs in a worker thread; 
 
 Cursor (one state key per source instance), JSON::
 
-    {"after": "<last completed key>", "object": null | {"key", "etag", "modified_ns", "gzip",
-     "layout", "rows", "line", "offset", "columns"}}
+    {"after": "<last completed key>", "etag": "<its ETag>", "object": null | {"key", "etag",
+     "modified_ns", "gzip", "layout", "rows", "line", "offset", "columns"}}
 
 ``object`` is the object being read and how far its committed rows go; it is cleared in the same
-commit as the object's last rows, when ``after`` becomes its key.
+commit as the object's last rows, when ``after`` and ``etag`` become its key and ETag (``etag`` is
+empty when ``after`` names a key that was passed over, not read).
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ class ObjectProgress:
 
 @dataclass(frozen=True, slots=True)
 class S3Cursor:
-    """Where a source instance stands: every key up to ``after`` is done; ``current`` is half read."""
+    """Where a source instance stands: every key up to ``after`` is done (``etag``: the version of
+    ``after`` that was read); ``current`` is half read."""
 
     after: str = ""
     current: ObjectProgress | None = None
+    etag: str = ""
 
     def encode(self) -> bytes:
         current = None
@@ -72,7 +75,7 @@ class S3Cursor:
                 "offset": p.position.offset,
                 "columns": p.position.columns,
             }
-        return orjson.dumps({"after": self.after, "object": current})
+        return orjson.dumps({"after": self.after, "etag": self.etag, "object": current})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> S3Cursor:
@@ -80,9 +83,10 @@ class S3Cursor:
         if raw is None:
             return cls()
         document = orjson.loads(raw)
+        after, etag = str(document.get("after") or ""), str(document.get("etag") or "")
         current = document.get("object")
         if current is None:
-            return cls(after=str(document.get("after") or ""))
+            return cls(after=after, etag=etag)
         columns = current.get("columns")
         position = Position(
             rows=int(current["rows"]),
@@ -91,7 +95,8 @@ class S3Cursor:
             columns=None if columns is None else tuple(str(c) for c in columns),
         )
         return cls(
-            after=str(document.get("after") or ""),
+            after=after,
+            etag=etag,
             current=ObjectProgress(
                 key=str(current["key"]),
                 etag=str(current["etag"]),

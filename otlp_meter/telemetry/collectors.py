@@ -195,7 +195,7 @@ class AliasCollector(Collector):
 
 # What sources report (``SourceStats`` names) → the metric that counts it. Names not listed here
 # are still exported, as ``source_operations_total{operation=<name>}`` / ``source_gauge{gauge=<name>}``.
-_OBJECTS = ("objects_processed", "points", "objects_completed", "pods_billed", "resources_billed")
+_OBJECTS = ("objects_processed", "points", "objects_completed")  # generic; ticking sources; s3
 
 
 class SourceMetrics:

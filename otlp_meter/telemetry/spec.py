@@ -296,7 +296,7 @@ SOURCE_TICKS_FAILED = _counter(
 SOURCE_OBJECTS = _counter(
     "source_objects_processed_total",
     SOURCE,
-    "Input units a source turned into records (points, objects, pods or workloads).",
+    "Units of input a source turned into records (data points of its ticks, or objects read).",
 )
 SOURCE_CURSOR_LAG = _gauge(
     "source_cursor_lag_seconds", SOURCE, "How far the source's committed cursor is behind the present."
