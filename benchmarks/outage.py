@@ -35,6 +35,7 @@ from benchmarks.harness import (
 )
 from benchmarks.loadgen import GRPC_LOGS, LoadSpec, run_load
 from benchmarks.payloads import Workload
+from benchmarks.profiling import profile_service
 from benchmarks.results_model import Context, Row
 from benchmarks.scenarios import APPENDED, SENT, note_contention
 from benchmarks.stub import StubOpenMeter
@@ -126,7 +127,6 @@ def s5_s6(ctx: Context) -> list[Row]:
 
             ctx.log("S5 OpenMeter is back: draining")
             stub.counters.reset()
-            ctx.wait_quiet()
             cpu_before = service.cpu_seconds()
             stub_before = cpu_seconds(stub.pid) if stub.pid else 0.0
             machine_before, steal_before = machine_cpu_seconds()
@@ -223,7 +223,55 @@ def s5_s6(ctx: Context) -> list[Row]:
     rows = [drain, restart, footprint]
     if not ctx.quick:
         rows.append(s6_ten_million(ctx, disk / max(queued, 1), empty_anon))
+    if ctx.profile:
+        drain.extra["profile"] = s5_profile(ctx)
     return rows
+
+
+def _fill_directly(ctx: Context, directory: Path, events: int, max_bytes: int) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.queue_fill",
+            "--directory",
+            str(directory),
+            "--events",
+            str(events),
+            "--max-bytes",
+            str(max_bytes),
+        ],
+        check=True,
+        timeout=1800,
+        stdout=sys.stderr,
+        env=fill_env(ctx.source),
+        cwd=ctx.source,
+    )
+
+
+def s5_profile(ctx: Context) -> str:
+    """A drain under py-spy: a queue filled directly, a service started with OpenMeter up."""
+    events = 300_000 if ctx.quick else 1_000_000
+    seconds = 4 if ctx.quick else 10
+    workdir = ctx.workdir / "s5-profile"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    ctx.log(f"S5 again under py-spy: {events:,} events queued, then a drain ({seconds}s profiled)")
+    _fill_directly(ctx, workdir / "data", events, 1 << 30)
+    ctx.wait_quiet()
+    try:
+        with StubOpenMeter(status=204) as stub:
+            service = Service(workdir, _config(stub), ctx.source)
+            with service, profile_service(service.pid, seconds, ctx.results_dir / "profile-s5") as summary:
+                summary.start()
+                deadline = time.monotonic() + seconds + 5
+                while time.monotonic() < deadline and stub.counters.events.value < events:
+                    time.sleep(0.1)
+        if stub.counters.events.value >= events:
+            ctx.log("the drain ended before the profile did: its tail is idle time")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary.path
 
 
 def s6_ten_million(ctx: Context, disk_per_event: float, empty_anon: float) -> Row:
@@ -242,24 +290,7 @@ def s6_ten_million(ctx: Context, disk_per_event: float, empty_anon: float) -> Ro
     try:
         ctx.log(f"S6 filling a queue with {events:,} events directly (benchmarks.queue_fill)")
         started = time.monotonic()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.queue_fill",
-                "--directory",
-                str(workdir / "data"),
-                "--events",
-                str(events),
-                "--max-bytes",
-                str(BIG_QUEUE),
-            ],
-            check=True,
-            timeout=1800,
-            stdout=sys.stderr,
-            env=fill_env(ctx.source),
-            cwd=ctx.source,
-        )
+        _fill_directly(ctx, workdir / "data", events, BIG_QUEUE)
         fill_seconds = time.monotonic() - started
         disk = disk_bytes(workdir / "data" / "queue")
         with StubOpenMeter(status=503) as stub:

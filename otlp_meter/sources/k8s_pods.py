@@ -39,6 +39,8 @@ class Allocation:
 
     requests: Mapping[str, Fraction]
     limits: Mapping[str, Fraction]
+    unbounded: frozenset[str] = frozenset()
+    """Resources some long-running container may use without a limit (cpu, memory of BestEffort pods)."""
 
     def request(self, names: Iterable[str]) -> Fraction:
         """The sum of the requests of ``names`` (0 when none is requested)."""
@@ -50,7 +52,7 @@ class Allocation:
         for name in names:
             if name in self.limits:
                 total += self.limits[name]
-            elif self.requests.get(name):
+            elif name in self.unbounded or self.requests.get(name):
                 return None
         return total
 
@@ -146,11 +148,12 @@ def pod_allocation(pod: Pod) -> Allocation:
     requests = _effective(spec, "requests")
     _add(requests, overhead)
     limits = _effective(spec, "limits")
-    for name in _unbounded(spec):
+    unbounded = _unbounded(spec)
+    for name in unbounded:
         limits.pop(name, None)
     for name in list(limits):
         limits[name] += overhead.get(name, Fraction(0))  # Kubernetes adds overhead to set limits only
-    return Allocation(requests, limits)
+    return Allocation(requests, limits, frozenset(unbounded))
 
 
 def _container_statuses(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
