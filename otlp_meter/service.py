@@ -58,11 +58,14 @@ class Service:
         self.target = resolve_target(
             config.exporter, config.queue.directory, env if env is not None else os.environ
         )
-        self.queue = LmdbQueue(config.queue, on_append=self._on_append)
+        self.queue = LmdbQueue(config.queue, on_append=self._on_append, on_commit=self.metrics.observe_commit)
         self.exporter: Exporter | None = None
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
         self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)
-        self.sources = SourceRunner(build_sources(config.sources), PipelineSink(self.pipeline, self.queue))
+        self.sources = SourceRunner(
+            build_sources(config.sources, observer=self.metrics.sources),
+            PipelineSink(self.pipeline, self.queue),
+        )
         self._stopping = False
         self._started = False
         self._queue_open = False

@@ -21,7 +21,7 @@ from otlp_meter.exporters.config import ExporterConfig
 from otlp_meter.exporters.retry import Backoff, Verdict, status_class
 from otlp_meter.exporters.sink import SendResult, Sink
 from otlp_meter.queue.lmdb_queue import LeasedEvent, LmdbQueue
-from otlp_meter.telemetry.logging import get_logger
+from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 from otlp_meter.telemetry.metrics import Metrics
 
 log = get_logger("exporter")
@@ -66,6 +66,7 @@ class Exporter:
         self._sink = sink
         self._config = config
         self._metrics = metrics
+        self._refused_log = ThrottledLog(log, "exporter_event_refused")  # one poison batch → many lines
         self._backoff = backoff or Backoff(config.retry)
         self._clock = clock
         self._sleep = sleep
@@ -172,6 +173,8 @@ class Exporter:
 
     async def _deliver(self, batch: list[LeasedEvent]) -> None:
         name = self._sink.name
+        started = time.perf_counter()
+        self._metrics.exporter_batches_created.labels(name).inc()
         self._metrics.exporter_in_flight.labels(name).inc()
         settled: set[int] = set()
         try:
@@ -195,6 +198,7 @@ class Exporter:
                 self._queue.release(unsettled)
                 self._wake.set()  # released events are available again; the leasing loop may be idle
             self._metrics.exporter_in_flight.labels(name).dec()
+            self._metrics.exporter_batch_duration.labels(name).observe(time.perf_counter() - started)
             self._slots.release()
 
     async def _settle(self, events: Sequence[LeasedEvent], settled: set[int]) -> None:
@@ -230,6 +234,7 @@ class Exporter:
                 log.error(
                     "exporter_unauthorized",
                     status=result.status,
+                    events=len(events),
                     hint="OpenMeter refused the token: check OPENMETER_TOKEN / exporter.openmeter.token; "
                     "events are kept and retried",
                     retry_in=self._config.retry.auth_backoff,
@@ -265,8 +270,8 @@ class Exporter:
         """The server refused the batch: split it to deliver the good events and dead-letter the bad."""
         if len(events) == 1:
             reason = f"refused by OpenMeter with {result.status}: {result.detail}"
-            log.warning(
-                "exporter_event_refused", status=result.status, id=events[0].id, detail=result.detail[:500]
+            self._refused_log.warning(
+                str(result.status), status=result.status, id=events[0].id, detail=result.detail[:500]
             )
             await self._dead_letter(events, reason, settled)
             return

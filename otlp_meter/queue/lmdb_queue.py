@@ -86,6 +86,7 @@ class LmdbQueue:
 
     ``clock`` (Unix seconds) stamps events and dedupe expiries; tests inject it. ``on_append`` is
     called on the appending event loop after each commit that added events (wake the exporter).
+    ``on_commit(seconds, operations)`` is called on the writer thread after each grouped commit.
     """
 
     def __init__(
@@ -94,10 +95,12 @@ class LmdbQueue:
         *,
         clock: Callable[[], float] = time.time,
         on_append: Callable[[], None] | None = None,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
         self._on_append = on_append
+        self._on_commit = on_commit
         self._handles: Handles | None = None
         self._writer: Writer | None = None
         self._ledger = Ledger(counters=Counters())
@@ -151,7 +154,9 @@ class LmdbQueue:
         self._handles = handles
         self._opened = True
         if not readonly:
-            self._writer = Writer(handles, self._config, self._ledger, self._clock, self._on_append)
+            self._writer = Writer(
+                handles, self._config, self._ledger, self._clock, self._on_append, self._on_commit
+            )
             self._writer.start()
         log.info(
             "queue_opened",

@@ -54,12 +54,14 @@ class Writer:
         ledger: Ledger,
         clock: Callable[[], float],
         on_append: Callable[[], None] | None,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self._h = handles
         self._config = config
         self._ledger = ledger
         self._clock = clock
         self._on_append = on_append
+        self._on_commit = on_commit
         self._inbox: queue.SimpleQueue[Op[Any] | object] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -162,6 +164,7 @@ class Writer:
         return time.monotonic() >= self._next_prune
 
     def _commit(self, ops: list[Op[Any]]) -> None:
+        started = time.perf_counter()
         try:
             group, outcomes = self._apply(ops)
         except Exception as exc:
@@ -182,6 +185,8 @@ class Writer:
             if rest:
                 self._commit(rest)
             return
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, len(ops))
         self._publish(group, ops, outcomes)
 
     def _apply(self, ops: list[Op[Any]]) -> tuple[Group, list[tuple[Op[Any], Any, Refused | None]]]:
