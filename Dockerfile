@@ -1,7 +1,7 @@
 # otlp-meter container image.
 #
 #   docker build -t otlp-meter:0.1.0 .
-#   docker run -p 4317:4317 -p 4318:4318 -p 8888:8888 -e OPENMETER_TOKEN=... otlp-meter:0.1.0
+#   docker run -p 4317:4317 -p 4318:4318 -p 8080:8080 -p 8888:8888 -e OPENMETER_TOKEN=... otlp-meter:0.1.0
 #
 # Two stages: the build stage installs the pinned runtime dependencies and the project's wheel into a
 # virtualenv; the runtime stage copies only that virtualenv (same path: virtualenvs are not relocatable).

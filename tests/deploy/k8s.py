@@ -16,12 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from unittest import mock
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 from otlp_meter.config import Config, load_config
-from otlp_meter.sources.kubernetes import REQUIRED_RBAC
+from otlp_meter.errors import ConfigError
+from otlp_meter.sources import kubernetes as kubernetes_source
+from otlp_meter.sources.kubernetes import REQUIRED_RBAC, KubernetesSource, KubernetesSourceConfig
 from tests.deploy import dockerfile
 
 REPO = dockerfile.REPO
@@ -204,6 +207,30 @@ def endpoint_port(endpoint: str) -> int:
     return int(endpoint.rpartition(":")[2])
 
 
+def ingest_servers(config: Config) -> dict[str, tuple[bool, str]]:
+    """The receivers by the name of their container port: (enabled, endpoint)."""
+    otlp, events = config.receivers.otlp, config.receivers.events_api
+    return {
+        "otlp-grpc": (otlp.grpc.enabled, otlp.grpc.endpoint),
+        "otlp-http": (otlp.http.enabled, otlp.http.endpoint),
+        "events": (events.enabled, events.endpoint),
+    }
+
+
+def build_kubernetes_source(config: KubernetesSourceConfig, env: Mapping[str, str]) -> KubernetesSource:
+    """The source as ``otlp-meter run`` builds it in a process with the container's NODE_NAME."""
+    with mock.patch.dict(os.environ):
+        os.environ.pop("NODE_NAME", None)
+        if "NODE_NAME" in env:
+            os.environ["NODE_NAME"] = env["NODE_NAME"]
+        try:
+            source = kubernetes_source.build(config)
+        except ConfigError as exc:
+            raise AssertionError(f"the Kubernetes source would not start in this pod: {exc}") from None
+    assert isinstance(source, KubernetesSource)
+    return source
+
+
 def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Config]:
     """Every invariant between the objects, the image and the service's config; returns the parsed config."""
     problems = [error for obj in objects for error in schema_errors(obj)]
@@ -254,11 +281,12 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
         assert any(m["mountPath"] == queue_dir for m in chowns[0]["volumeMounts"])
 
     # Probes hit /healthz and /readyz on the telemetry port, which listens where the kubelet connects
-    # (the pod IP); so do the receivers.
+    # (the pod IP); so do the enabled receivers.
     telemetry_port = endpoint_port(config.telemetry.endpoint)
     reachable = {"0.0.0.0", "[::]", env.get("POD_IP")}
-    otlp = config.receivers.otlp
-    for endpoint in (config.telemetry.endpoint, otlp.grpc.endpoint, otlp.http.endpoint):
+    servers = ingest_servers(config)
+    enabled = {name: endpoint for name, (on, endpoint) in servers.items() if on}
+    for endpoint in (config.telemetry.endpoint, *enabled.values()):
         assert endpoint.rpartition(":")[0] in reachable, f"{endpoint} is not reachable on the pod IP"
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         http_get = container[probe]["httpGet"]
@@ -268,21 +296,60 @@ def assert_deployable(objects: list[Obj], tmp_path: Path) -> tuple[Bundle, Confi
     if "prometheus.io/port" in annotations:
         assert int(annotations["prometheus.io/port"]) == telemetry_port
 
-    # OTLP receivers listen on the declared container ports (and, per node, the hostPorts).
-    for receiver, name in ((otlp.grpc, "otlp-grpc"), (otlp.http, "otlp-http")):
-        if receiver.enabled:
-            port = bundle.container_port(name)
-            assert port["containerPort"] == endpoint_port(receiver.endpoint), name
-            if daemonset:
-                assert port.get("hostPort") in (None, port["containerPort"]), name
+    # The container opens exactly the ports of the servers that listen: an enabled receiver's port equals
+    # its endpoint's; a disabled one's port is not opened (by name or number). Per node, the ingest ports
+    # are all hostPorts or none (senders reach every API the same way), each equal to its containerPort.
+    container_ports = container.get("ports", [])
+    assert sorted(p["name"] for p in container_ports) == sorted([*enabled, "telemetry"]), (
+        f"container ports {[p['name'] for p in container_ports]}, listening: {[*enabled, 'telemetry']}"
+    )
+    for name, endpoint in enabled.items():
+        port = bundle.container_port(name)
+        assert port["containerPort"] == endpoint_port(endpoint), f"{name}: {port} vs {endpoint}"
+        assert port.get("hostPort") in (None, port["containerPort"]), name
+    for name, (on, endpoint) in servers.items():
+        if not on:
+            assert endpoint_port(endpoint) not in {p["containerPort"] for p in container_ports}, (
+                f"{name} is disabled but its port {endpoint_port(endpoint)} is open"
+            )
+    host_ported = {name for name in enabled if "hostPort" in bundle.container_port(name)}
+    if daemonset:
+        assert host_ported in (set(), set(enabled)), f"hostPorts on {host_ported} but not on all of {enabled}"
+    else:
+        assert not host_ported, "a gateway is reached through its Service, not hostPorts"
+    assert "hostPort" not in bundle.container_port("telemetry"), "telemetry stays off the node's IP"
 
-    # The Service reaches the pods, on ports the container declares; node-local in daemonset mode.
+    # The Service reaches the pods, on ports the container declares: every listening receiver, with the
+    # Service port equal to the container port (senders use one number, hostPort or Service); node-local
+    # in daemonset mode.
     for service in bundle.of_kind("Service"):
         assert service["spec"]["selector"].items() <= labels.items()
+        served = {}
         for port in service["spec"]["ports"]:
-            bundle.container_port(port.get("targetPort", port["port"]))
+            target = bundle.container_port(port.get("targetPort", port["port"]))
+            served[target["name"]] = port
+            if target["name"] in enabled:
+                assert port["port"] == target["containerPort"], f"Service port {port}, container {target}"
+        assert set(enabled) <= served.keys(), f"the Service does not reach {set(enabled) - served.keys()}"
         if daemonset:
             assert service["spec"]["internalTrafficPolicy"] == "Local"
+
+    # The Kubernetes source starts with what the pod gives it: in a DaemonSet it meters the pods of its
+    # own node (NODE_NAME from the downward API); a Deployment meters the cluster, with one replica.
+    kube = config.sources.kubernetes
+    if kube is not None:
+        source = build_kubernetes_source(kube, env)
+        if daemonset:
+            assert not kube.cluster_wide, "cluster_wide in a DaemonSet bills every pod once per node"
+            assert source.node_name == FAKE_DOWNWARD_API["spec.nodeName"], source.node_name
+            assert f"spec.nodeName={source.node_name}" in (source.field_selector() or "")
+        else:
+            assert kube.cluster_wide, "a gateway's node is an accident of scheduling: meter the cluster"
+            assert workload["spec"]["replicas"] == 1, "every replica would bill every pod"
+        assert "kubernetes" in config.rules.packs, "the kubernetes pack turns the source's points into events"
+    assert bool(bundle.of_kind("ClusterRole")) == (kube is not None), (
+        "the ClusterRole is there exactly when the Kubernetes source is configured"
+    )
 
     # The ServiceAccount exists; RBAC, when present, is exactly what the Kubernetes source needs.
     account = pod.get("serviceAccountName", "default")

@@ -73,13 +73,14 @@ def test_image_config_matches_volume_ports_and_healthcheck(tmp_path: Path) -> No
     final = _final()
     config = _image_config()
     assert config["queue"] == {"directory": "/var/lib/otlp-meter"}
-    receivers = config["receivers"]["otlp"]
+    receivers = config["receivers"]
     telemetry_port = endpoint_port(config["telemetry"]["endpoint"])
     exposed = {int(p) for p in final.all("EXPOSE")[0].value.split()}
+    assert receivers["events_api"]["enabled"] is True
     assert exposed == {
-        endpoint_port(receivers["grpc"]["endpoint"]),
-        endpoint_port(receivers["http"]["endpoint"]),
-        8080,  # the events API
+        endpoint_port(receivers["otlp"]["grpc"]["endpoint"]),
+        endpoint_port(receivers["otlp"]["http"]["endpoint"]),
+        endpoint_port(receivers["events_api"]["endpoint"]),
         telemetry_port,
     }
     healthcheck = final.last("HEALTHCHECK")

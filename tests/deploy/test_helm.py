@@ -61,10 +61,14 @@ def test_chart_metadata_matches_the_project() -> None:
     assert metadata["kubeVersion"] == ">=1.26.0-0"
 
 
+KUBERNETES = {"presets": {"kubernetes": {"enabled": True}}}
+GATEWAY = {"mode": "deployment", "storage": {"type": "pvc"}, "tolerations": []}
+
+
 @pytest.mark.parametrize(
     "values",
-    [TOKEN, {**TOKEN, "presets": {"kubernetes": {"enabled": True}}}],
-    ids=["defaults", "kubernetes-preset"],
+    [TOKEN, {**TOKEN, **KUBERNETES}, {**TOKEN, **KUBERNETES, **GATEWAY}],
+    ids=["defaults", "kubernetes-preset", "kubernetes-gateway"],
 )
 def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.26.0")
@@ -88,8 +92,19 @@ def test_daemonset_defaults(chart: helm.Chart, tmp_path: Path) -> None:
     ports = {p["name"]: p for p in bundle.container["ports"]}
     assert ports["otlp-grpc"]["hostPort"] == 4317
     assert ports["otlp-http"]["hostPort"] == 4318
-    assert "events" not in ports, "the events API port opens with its preset"
+    # The events API is on by default, like the OTLP receivers (and like otlp-meter's own default).
+    assert config.receivers.events_api.enabled
+    assert config.receivers.events_api.endpoint == "0.0.0.0:8080"
+    assert ports["events"]["hostPort"] == 8080
+    assert _service_ports(bundle)["events"] == 8080
+    assert config.sources.kubernetes is None, "the Kubernetes source comes with its preset (and RBAC)"
     assert bundle.container["image"] == f"otlp-meter:{project_version()}"
+
+
+def _service_ports(bundle: Bundle) -> dict[str, int]:
+    """The Service's ports by the container port they target."""
+    (service,) = bundle.of_kind("Service")
+    return {bundle.container_port(p["targetPort"])["name"]: p["port"] for p in service["spec"]["ports"]}
 
 
 def test_every_preset_and_custom_rules(chart: helm.Chart, tmp_path: Path) -> None:
@@ -107,7 +122,10 @@ def test_every_preset_and_custom_rules(chart: helm.Chart, tmp_path: Path) -> Non
     token = next(v for v in bundle.container["env"] if v["name"] == "OPENMETER_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "billing", "key": "konnect-token"}
     assert [path.name for path in config.rules.files] == ["api.yaml"]
-    assert config.rules.packs == ["genai"]
+    assert config.rules.packs == ["genai", "kubernetes"], "the preset adds the kubernetes pack"
+    kube = config.sources.kubernetes
+    assert kube is not None
+    assert (kube.interval, kube.cluster_wide, kube.exclude_namespaces) == (60, False, ["kube-system"])
     assert config.rules.inline[0].event.subject.value == "node-1"  # NODE_NAME from the downward API
     assert config.exporter.batch.max_events == 500
     assert str(config.queue.directory) == "/var/lib/otlp-meter", "the chart owns queue.directory"
@@ -139,12 +157,77 @@ def test_deployment_gateway_on_a_pvc(chart: helm.Chart, tmp_path: Path) -> None:
     assert "initContainers" not in bundle.pod
 
 
-def test_otlp_preset_off_disables_the_receivers(chart: helm.Chart, tmp_path: Path) -> None:
-    objects = render(chart, {**TOKEN, "presets": {"otlp": {"enabled": False}}})
-    bundle, config = assert_deployable(objects, tmp_path)
-    assert not config.receivers.otlp.grpc.enabled
-    assert not config.receivers.otlp.http.enabled
-    assert [p["name"] for p in bundle.container["ports"]] == ["telemetry"]
+def test_deployment_gateway_meters_the_whole_cluster(chart: helm.Chart, tmp_path: Path) -> None:
+    values = {**TOKEN, **KUBERNETES, **GATEWAY, "sources": {"kubernetes": {"cluster_name": "prod-eu"}}}
+    bundle, config = assert_deployable(render(chart, values), tmp_path)
+    assert bundle.workload["kind"] == "Deployment"
+    kube = config.sources.kubernetes
+    assert kube is not None
+    assert kube.cluster_wide, "one gateway meters every node's pods"
+    assert kube.cluster_name == "prod-eu"
+    assert {"ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in bundle.objects}
+    notes = chart.render(values, name=RELEASE, namespace=NAMESPACE)["otlp-meter/templates/NOTES.txt"]
+    assert "bills every pod of the cluster" in notes
+
+
+def test_kubernetes_source_settings_go_over_the_presets_defaults(chart: helm.Chart, tmp_path: Path) -> None:
+    # namespaces and exclude_namespaces are exclusive: choosing namespaces drops the default exclusion.
+    values = {**TOKEN, **KUBERNETES, "sources": {"kubernetes": {"namespaces": ["team-a"], "interval": "5m"}}}
+    _, config = assert_deployable(render(chart, values), tmp_path)
+    kube = config.sources.kubernetes
+    assert kube is not None
+    assert (kube.namespaces, kube.exclude_namespaces, kube.interval) == (["team-a"], [], 300)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"receivers": {"otlp": {"grpc": {"enabled": True}, "http": {"enabled": True}}}}],
+    ids=["plain", "config-tries-to-enable"],
+)
+def test_otlp_preset_off_disables_the_receivers(
+    chart: helm.Chart, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    objects = render(chart, {**TOKEN, "presets": {"otlp": {"enabled": False}}, "config": config})
+    bundle, parsed = assert_deployable(objects, tmp_path)
+    assert not parsed.receivers.otlp.grpc.enabled
+    assert not parsed.receivers.otlp.http.enabled
+    assert [p["name"] for p in bundle.container["ports"]] == ["events", "telemetry"]
+    assert sorted(_service_ports(bundle)) == ["events", "telemetry"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"receivers": {"events_api": {"enabled": True, "max_events_per_request": 500}}}],
+    ids=["plain", "config-tries-to-enable"],
+)
+@pytest.mark.parametrize("mode", ["daemonset", "deployment"])
+def test_events_api_preset_off_disables_the_receiver_and_closes_its_port(
+    chart: helm.Chart, tmp_path: Path, config: dict[str, Any], mode: str
+) -> None:
+    # otlp-meter enables the events API by default: the chart must switch it off, not just leave the port
+    # closed (a listener nobody exposed), even when `config` says otherwise.
+    values = {**TOKEN, "presets": {"eventsApi": {"enabled": False}}, "config": config}
+    if mode == "deployment":
+        values.update(GATEWAY)
+    bundle, parsed = assert_deployable(render(chart, values), tmp_path)
+    assert not parsed.receivers.events_api.enabled
+    assert "events" not in {p["name"] for p in bundle.container["ports"]}
+    assert 8080 not in {p["containerPort"] for p in bundle.container["ports"]}
+    assert "events" not in _service_ports(bundle)
+    assert 8080 not in _service_ports(bundle).values()
+
+
+@pytest.mark.parametrize("mode", ["daemonset", "deployment"])
+def test_events_api_port_moves_everywhere_at_once(chart: helm.Chart, tmp_path: Path, mode: str) -> None:
+    values: dict[str, Any] = {**TOKEN, "ports": {"eventsApi": 9080}}
+    if mode == "deployment":
+        values.update(GATEWAY)
+    bundle, config = assert_deployable(render(chart, values), tmp_path)
+    assert config.receivers.events_api.endpoint == "0.0.0.0:9080"
+    port = bundle.container_port("events")
+    assert port["containerPort"] == 9080
+    assert port.get("hostPort") == (9080 if mode == "daemonset" else None)
+    assert _service_ports(bundle)["events"] == 9080
 
 
 @pytest.mark.parametrize(
@@ -156,8 +239,45 @@ def test_otlp_preset_off_disables_the_receivers(chart: helm.Chart, tmp_path: Pat
         ({**TOKEN, "storge": {}}, "additional properties 'storge' not allowed"),
         ({**TOKEN, "ports": {"telemetry": "8888"}}, "want integer"),
         ({**TOKEN, "rules": {"files": {"bad/name.yaml": ""}}}, "invalid propertyName 'bad/name.yaml'"),
+        (
+            {**TOKEN, "sources": {"kubernetes": {"interval": "60s"}}},
+            "sources.kubernetes needs presets.kubernetes.enabled",
+        ),
+        (
+            {**TOKEN, "config": {"sources": {"kubernetes": {}}}},
+            "sources.kubernetes needs presets.kubernetes.enabled",
+        ),
+        (
+            {**TOKEN, **KUBERNETES, "sources": {"kubernetes": {"cluster_wide": True}}},
+            "cluster_wide: true in daemonset mode would bill every pod once per node",
+        ),
+        (
+            {
+                **TOKEN,
+                **KUBERNETES,
+                **GATEWAY,
+                "config": {"sources": {"kubernetes": {"cluster_wide": False}}},
+            },
+            "cluster_wide: false in deployment mode",
+        ),
+        (
+            {**TOKEN, **KUBERNETES, **GATEWAY, "replicaCount": 2, "storage": {"type": "emptyDir"}},
+            "presets.kubernetes in deployment mode needs replicaCount 1",
+        ),
     ],
-    ids=["no-target", "daemonset-pvc", "shared-queue", "typo", "port-type", "rule-file-name"],
+    ids=[
+        "no-target",
+        "daemonset-pvc",
+        "shared-queue",
+        "typo",
+        "port-type",
+        "rule-file-name",
+        "source-without-preset",
+        "source-in-config-without-preset",
+        "cluster-wide-daemonset",
+        "node-local-gateway",
+        "kubernetes-gateway-replicas",
+    ],
 )
 def test_refused_values(chart: helm.Chart, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):

@@ -50,6 +50,16 @@ GENAI_LOGS = {
     ]
 }
 
+SDK_EVENT = {
+    "specversion": "1.0",
+    "id": "00000000-0000-4000-8000-000000000001",
+    "source": "checkout",
+    "type": "api-call",
+    "subject": "customer-1",
+    "time": "2026-01-01T00:00:00Z",
+    "data": {"calls": 1},
+}
+
 
 @dataclass
 class Image:
@@ -159,10 +169,11 @@ def running(image: Image, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[byt
     """The service started as the image's ENTRYPOINT + CMD, its config on free loopback ports."""
     config_path = image.host("/etc/otlp-meter/config.yaml")
     config = yaml.safe_load(config_path.read_text())
-    ports = {"grpc": free_port(), "http": free_port(), "telemetry": free_port()}
+    ports = {"grpc": free_port(), "http": free_port(), "events": free_port(), "telemetry": free_port()}
     queue_dir = image.host(config["queue"]["directory"]) / tmp_path.name  # fresh per test
     config["receivers"]["otlp"]["grpc"]["endpoint"] = f"127.0.0.1:{ports['grpc']}"
     config["receivers"]["otlp"]["http"]["endpoint"] = f"127.0.0.1:{ports['http']}"
+    config["receivers"]["events_api"]["endpoint"] = f"127.0.0.1:{ports['events']}"
     config["telemetry"]["endpoint"] = f"127.0.0.1:{ports['telemetry']}"
     config["queue"]["directory"] = str(queue_dir)
     config_path.write_text(yaml.safe_dump(config))
@@ -214,6 +225,18 @@ def test_starts_like_the_entrypoint_serves_health_and_stops_on_sigterm(
     wait_until(lambda: events_file.exists() and len(events_file.read_text().splitlines()) == 2, what="events")
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert sorted(e["data"]["tokens"] for e in events) == [12, 34]
+
+    # The events API (an OpenMeter SDK's request) is served too; its event goes out as sent.
+    answer = httpx.post(
+        f"http://127.0.0.1:{ports['events']}/api/v1/events",
+        json=SDK_EVENT,
+        headers={"Content-Type": "application/cloudevents+json"},
+        timeout=10,
+    )
+    assert answer.status_code == 204, answer.text
+    wait_until(lambda: len(events_file.read_text().splitlines()) == 3, what="the events API's event")
+    (sent,) = [e for e in map(json.loads, events_file.read_text().splitlines()) if e["id"] == SDK_EVENT["id"]]
+    assert (sent["source"], sent["type"], sent["data"]) == ("checkout", "api-call", {"calls": 1})
 
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)

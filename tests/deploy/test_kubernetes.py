@@ -69,8 +69,17 @@ def test_every_object_is_valid_against_the_kubernetes_schema() -> None:
 def test_manifests_fit_the_image_and_the_config(tmp_path: Path) -> None:
     bundle, config = assert_deployable(_objects(with_example_secret=True), tmp_path)
     assert bundle.workload["kind"] == "DaemonSet"
-    assert bundle.of_kind("ClusterRole"), "the plain manifests always carry the source's RBAC"
     assert str(config.queue.directory) == "/var/lib/otlp-meter"
+    # The events API is served on every node like OTLP: hostPort and node-local Service on 8080.
+    assert config.receivers.events_api.enabled
+    assert config.receivers.events_api.endpoint == "0.0.0.0:8080"
+    assert bundle.container_port("events")["hostPort"] == 8080
+    # The Kubernetes source meters this node's pods (its RBAC is in rbac.yaml).
+    assert bundle.of_kind("ClusterRole"), "the plain manifests always carry the source's RBAC"
+    kube = config.sources.kubernetes
+    assert kube is not None
+    assert (kube.interval, kube.cluster_wide, kube.exclude_namespaces) == (60, False, ["kube-system"])
+    assert "kubernetes" in config.rules.packs
 
 
 def test_without_the_secret_the_token_still_comes_from_its_reference(tmp_path: Path) -> None:
@@ -104,33 +113,84 @@ def _container(daemonset: dict[str, Any]) -> dict[str, Any]:
     return _named(_pod(daemonset)["containers"], "otlp-meter")
 
 
+def _config_edit(old: str, new: str) -> Callable[[list[dict[str, Any]]], None]:
+    """A change to the ConfigMap's config.yaml text (``old`` must be in it)."""
+
+    def edit(objects: list[dict[str, Any]]) -> None:
+        data = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+        assert old in data["config.yaml"], old
+        data["config.yaml"] = data["config.yaml"].replace(old, new)
+
+    return edit
+
+
+def _without_the_source(objects: list[dict[str, Any]]) -> None:
+    data = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    config = yaml.safe_load(data["config.yaml"])
+    del config["sources"]
+    data["config.yaml"] = yaml.safe_dump(config)
+
+
+def _workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "DaemonSet")
+
+
+def _service(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "Service")
+
+
+def _drop(items: list[dict[str, Any]], name: str) -> None:
+    items.remove(_named(items, name))
+
+
+EVENTS_ON = "enabled: true\n    endpoint: 0.0.0.0:8080"
+NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: _named(_pod(d)["volumes"], "queue")["hostPath"].update(path="/srv/queue"), None),
-        (
-            lambda d: _named(_container(d)["volumeMounts"], "queue").update(mountPath="/data"),
-            "no volumeMount at queue.directory",
-        ),
-        (lambda d: _named(_container(d)["ports"], "telemetry").update(containerPort=9999), "livenessProbe"),
-        (lambda d: _pod(d).update(terminationGracePeriodSeconds=20), "terminationGracePeriodSeconds 20"),
-        (lambda d: d["spec"]["updateStrategy"]["rollingUpdate"].update(maxSurge=1), "maxSurge"),
-        (lambda d: _container(d)["securityContext"].update(runAsUser=0), "runAsUser"),
-        (lambda d: _container(d).update(image="otlp-meter:latest"), "otlp-meter:latest"),
+        (_config_edit("0.0.0.0:8080", "0.0.0.0:8081"), "events: .* vs 0.0.0.0:8081"),
+        (lambda o: _named(_container(_workload(o))["ports"], "events").pop("hostPort"), "hostPorts on"),
+        (lambda o: _drop(_container(_workload(o))["ports"], "events"), "container ports"),
+        (lambda o: _drop(_service(o)["spec"]["ports"], "events"), "does not reach {'events'}"),
+        (lambda o: _named(_service(o)["spec"]["ports"], "events").update(port=80), "Service port"),
+        (_config_edit(EVENTS_ON, "enabled: false"), "container ports"),
+        (_config_edit("[genai, http, kubernetes]", "[genai, http]"), "kubernetes pack"),
+        (_without_the_source, "ClusterRole is there"),
+        (_config_edit("interval: 60s", "cluster_wide: true"), "once per node"),
+        (lambda o: _container(_workload(o))["env"].remove(NODE_NAME_ENV), "NODE_NAME"),
     ],
-    ids=["hostPath-moved-ok", "queue-mount-moved", "telemetry-port", "grace", "surge", "root", "image-tag"],
+    ids=[
+        "events-endpoint-moved",
+        "events-without-hostPort",
+        "events-port-closed",
+        "events-not-in-service",
+        "events-service-port",
+        "events-disabled-port-open",
+        "kubernetes-pack-missing",
+        "source-gone-rbac-stays",
+        "cluster-wide-daemonset",
+        "no-node-name",
+    ],
 )
-def test_invariants_catch_drift(
-    tmp_path: Path, change: Callable[[dict[str, Any]], object], message: str | None
+def test_receiver_and_source_drift_is_caught(
+    tmp_path: Path, change: Callable[[list[dict[str, Any]]], object], message: str
 ) -> None:
     objects = _objects(with_example_secret=True)
-    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
-    change(daemonset)
-    if message is None:
-        assert_deployable(objects, tmp_path)
-        return
+    change(objects)
     with pytest.raises(AssertionError, match=message):
         assert_deployable(objects, tmp_path)
+
+
+def test_events_api_off_means_off_everywhere(tmp_path: Path) -> None:
+    # Disabling the receiver in the config *and* closing its port in the pod and the Service is consistent.
+    objects = _objects(with_example_secret=True)
+    _config_edit(EVENTS_ON, "enabled: false")(objects)
+    _drop(_container(_workload(objects))["ports"], "events")
+    _drop(_service(objects)["spec"]["ports"], "events")
+    _, config = assert_deployable(objects, tmp_path)
+    assert not config.receivers.events_api.enabled
 
 
 def test_rbac_beyond_the_sources_needs_is_refused(tmp_path: Path) -> None:
@@ -144,6 +204,8 @@ def test_rbac_beyond_the_sources_needs_is_refused(tmp_path: Path) -> None:
 def test_configmap_config_with_an_unknown_key_fails_check(tmp_path: Path) -> None:
     objects = _objects(with_example_secret=True)
     configmap = next(o for o in objects if o["kind"] == "ConfigMap")
-    configmap["data"]["config.yaml"] += "sources:\n  kubernetess: {}\n"
+    configmap["data"]["config.yaml"] = configmap["data"]["config.yaml"].replace(
+        "\n  kubernetes:", "\n  kubernetess:"
+    )
     with pytest.raises(AssertionError, match="otlp-meter check failed"):
         assert_deployable(objects, tmp_path)

@@ -85,27 +85,72 @@ Refuse combinations that would lose or double-count data, or that cannot start.
 
 {{/*
 The otlp-meter config: .Values.config with the chart-owned keys on top, so the queue directory always equals
-the volume's mountPath and the telemetry port always equals the probes' port.
+the volume's mountPath, the receivers' ports equal the container and Service ports, and the telemetry port
+equals the probes' port.
+
+Presets:
+- otlp, eventsApi: receivers.otlp.{grpc,http} and receivers.events_api are enabled exactly when their preset
+  is (the workload opens their ports under the same condition). Always written, because otlp-meter's own
+  default is enabled: a disabled preset must not leave a server listening on a port nobody exposed.
+- kubernetes: sources.kubernetes (node-local in daemonset mode, cluster_wide in deployment mode) with
+  defaults under what .Values.sources.kubernetes sets, and the `kubernetes` rule pack that turns its points
+  into kube-pod events.
 */}}
 {{- define "otlp-meter.config" -}}
+{{- $daemonset := eq .Values.mode "daemonset" -}}
 {{- $otlp := .Values.presets.otlp.enabled -}}
+{{- $events := .Values.presets.eventsApi.enabled -}}
+{{- $kubernetes := .Values.presets.kubernetes.enabled -}}
 {{- $ruleFiles := list -}}
 {{- range $name, $_ := .Values.rules.files -}}
 {{- $ruleFiles = append $ruleFiles (printf "rules/%s" $name) -}}
 {{- end -}}
+{{- $packs := .Values.rules.packs | default list -}}
+{{- $sources := deepCopy (.Values.sources | default dict) -}}
+{{- if and $kubernetes (not (has "kubernetes" $packs)) -}}
+{{- $packs = append $packs "kubernetes" -}}
+{{- end -}}
 {{- $owned := dict
-  "receivers" (dict "otlp" (dict
-    "grpc" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)))
-    "http" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp)))))
-  "rules" (dict "packs" .Values.rules.packs "files" $ruleFiles "inline" .Values.rules.inline)
+  "receivers" (dict
+    "otlp" (dict
+      "grpc" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)))
+      "http" (dict "enabled" $otlp "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp))))
+    "events_api" (dict "enabled" $events "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.eventsApi))))
+  "rules" (dict "packs" $packs "files" $ruleFiles "inline" .Values.rules.inline)
   "queue" (dict "directory" .Values.storage.mountPath "max_bytes" .Values.queue.maxBytes)
   "telemetry" (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.telemetry)))
   "service" (dict "shutdown_timeout" (printf "%ds" (int .Values.shutdownTimeoutSeconds)))
 -}}
-{{- if .Values.sources -}}
-{{- $_ := set $owned "sources" .Values.sources -}}
+{{- if $sources -}}
+{{- $_ := set $owned "sources" $sources -}}
 {{- end -}}
-{{- /* presets.eventsApi and presets.kubernetes add their config here once otlp-meter has those sections. */ -}}
 {{- $config := mergeOverwrite (deepCopy (.Values.config | default dict)) $owned -}}
+{{- /* mergeOverwrite never overwrites with false: set the switches after merging. */ -}}
+{{- $_ := set $config.receivers.otlp.grpc "enabled" $otlp -}}
+{{- $_ := set $config.receivers.otlp.http "enabled" $otlp -}}
+{{- $_ := set $config.receivers.events_api "enabled" $events -}}
+{{- $configSources := get $config "sources" | default dict -}}
+{{- $kube := index $configSources "kubernetes" -}}
+{{- if $kubernetes -}}
+{{- $kube = $kube | default dict -}}
+{{- if and (hasKey $kube "cluster_wide") (ne (toString $kube.cluster_wide) (toString (not $daemonset))) -}}
+{{- if $daemonset -}}
+{{- fail "sources.kubernetes.cluster_wide: true in daemonset mode would bill every pod once per node (it is node-local there); use mode deployment for one cluster-wide collector" -}}
+{{- else -}}
+{{- fail "sources.kubernetes.cluster_wide: false in deployment mode would meter only the node the gateway runs on; leave it unset (the chart sets true)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not $daemonset) (gt (int .Values.replicaCount) 1) -}}
+{{- fail "presets.kubernetes in deployment mode needs replicaCount 1: every replica would bill every pod of the cluster" -}}
+{{- end -}}
+{{- $defaults := dict "interval" "60s" "cluster_wide" (not $daemonset) -}}
+{{- if not (hasKey $kube "namespaces") -}}
+{{- $_ := set $defaults "exclude_namespaces" (list "kube-system") -}}
+{{- end -}}
+{{- $_ := set $configSources "kubernetes" (merge $kube $defaults) -}}
+{{- $_ := set $config "sources" $configSources -}}
+{{- else if and (hasKey $configSources "kubernetes") (not (kindIs "invalid" $kube)) -}}{{- /* kubernetes: {} is the source with its defaults */ -}}
+{{- fail "sources.kubernetes needs presets.kubernetes.enabled: the preset grants the source its RBAC and node-local settings" -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
