@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -137,3 +138,12 @@ class StrictYamlLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def check_http_url(value: str) -> str:
+    """An http(s) URL with a host, without trailing slashes; the message never echoes the value
+    (a URL may carry credentials)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as http://localhost:8888")
+    return value.rstrip("/")

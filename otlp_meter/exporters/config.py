@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from otlp_meter.config_types import ByteSize, Duration, Section
+from otlp_meter.config_types import ByteSize, Duration, Section, check_http_url
 from otlp_meter.errors import ConfigError
 
 KONNECT_DEFAULT_URL = "https://us.api.konghq.com/v3/openmeter"
@@ -34,12 +34,7 @@ class OpenMeterConfig(Section):
     @field_validator("url")
     @classmethod
     def _url_is_http(cls, value: str | None) -> str | None:
-        if not value:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return check_http_url(value) if value else None
 
     @field_validator("token", mode="before")
     @classmethod
@@ -114,17 +109,10 @@ def resolve_target(config: ExporterConfig, data_directory: Path, env: Mapping[st
         return Target("file", str(config.file.path))
     url = config.openmeter.url
     if url is None and env.get("OPENMETER_URL"):
-        url = env["OPENMETER_URL"].rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                [
-                    (
-                        "exporter.openmeter.url",
-                        "$OPENMETER_URL must be an http(s) URL such as http://localhost:8888",
-                    )
-                ]
-            )
+        try:
+            url = check_http_url(env["OPENMETER_URL"])
+        except ValueError as exc:
+            raise ConfigError([("exporter.openmeter.url", f"$OPENMETER_URL {exc}")]) from None
     token = config.openmeter.token
     if token is None and env.get("OPENMETER_TOKEN"):
         token = SecretStr(env["OPENMETER_TOKEN"])

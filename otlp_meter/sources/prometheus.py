@@ -24,7 +24,7 @@ import httpx
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from otlp_meter.config_types import Duration, Section
+from otlp_meter.config_types import Duration, Section, check_http_url
 from otlp_meter.sources.base import (
     WALL_CLOCK,
     BackoffConfig,
@@ -123,9 +123,7 @@ class PrometheusSourceConfig(Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"https?://[^/]", value):
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return check_http_url(value)
 
     @field_validator("interval")
     @classmethod
