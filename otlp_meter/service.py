@@ -45,7 +45,8 @@ log = get_logger("service")
 def build_sink(target: Target, config: Config) -> Sink:
     if target.kind == "file":
         return FileSink(Path(target.endpoint))
-    return OpenMeterSink(target, config.exporter.openmeter.timeout, config.exporter.max_in_flight)
+    openmeter = config.exporter.openmeter
+    return OpenMeterSink(target, openmeter.timeout, config.exporter.max_in_flight, ca_file=openmeter.ca_file)
 
 
 class Service:

@@ -30,6 +30,11 @@ class OpenMeterConfig(Section):
     )
     token: SecretStr | None = Field(None, description="Bearer token. Unset: $OPENMETER_TOKEN.")
     timeout: Duration = Field(30.0, description="Timeout of one ingest request.")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM bundle of CAs to trust for OpenMeter's certificate (a private CA). Unset: the "
+        "system's trust store. The certificate is always verified.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
 from otlp_meter import __version__
+from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import Target
 from otlp_meter.exporters.retry import Verdict, parse_retry_after, verdict_for_status
 from otlp_meter.exporters.sink import SendResult, encode_batch
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 MAX_DETAIL = 2048
+
+
+def trust(ca_file: Path | None) -> ssl.SSLContext:
+    """The TLS context for OpenMeter: the system store, or ``ca_file``; certificates always verified."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([("exporter.openmeter.ca_file", f"cannot load the CA bundle: {exc}")]) from None
 
 
 class OpenMeterSink:
@@ -31,6 +42,7 @@ class OpenMeterSink:
         timeout: float,
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self._url = target.endpoint
         headers = {"content-type": BATCH_CONTENT_TYPE, "user-agent": f"otlp-meter/{__version__}"}
@@ -42,6 +54,7 @@ class OpenMeterSink:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
             follow_redirects=False,
+            verify=trust(ca_file),
         )
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
