@@ -31,7 +31,7 @@ from otlp_meter.rules.delta import InitialValue, Load, StreamStates
 from otlp_meter.rules.loader import load_rules
 from otlp_meter.rules.model import RulesConfig
 from otlp_meter.rules.views import RecordView, ResourceState, ScopeState
-from otlp_meter.telemetry.logging import get_logger
+from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 
 _log = get_logger("rules")
 _METRIC_CACHE_LIMIT = 4096
@@ -81,6 +81,7 @@ class _Tally:
     unmatched: int = 0
     rejected_records: int = 0
     unmatched_records: list[bytes] | None = None
+    internal_errors: ThrottledLog | None = None
 
     def result(self, change: delta.StateChange | None = None) -> MappingResult:
         return MappingResult(
@@ -114,6 +115,8 @@ class RulesEngine:
             raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
         self.rules = tuple(rules)
         self.rule_names: list[str] = names
+        # A bug in a rule hits every record it sees: one log line per rule per interval is enough.
+        self._internal_errors = ThrottledLog(_log, "rule_internal_error")
         self.initial_value: InitialValue = initial_value
         self.max_streams = max_streams
         self._log_rules = tuple(rule for rule in rules if rule.signal == "logs")
@@ -148,7 +151,9 @@ class RulesEngine:
 
         ``keep_unmatched`` also returns the unmatched records (the dry run shows them).
         """
-        tally = _Tally("logs", unmatched_records=[] if keep_unmatched else None)
+        tally = _Tally(
+            "logs", unmatched_records=[] if keep_unmatched else None, internal_errors=self._internal_errors
+        )
         rules = self._log_rules
         for resource_logs in request.resource_logs:
             res = ResourceState(resource_logs)
@@ -176,7 +181,9 @@ class RulesEngine:
         fails. Calls sharing ``states`` must not overlap. Without ``states`` the engine's own
         :attr:`memory_states` are used.
         """
-        tally = _Tally("metrics", unmatched_records=[] if keep_unmatched else None)
+        tally = _Tally(
+            "metrics", unmatched_records=[] if keep_unmatched else None, internal_errors=self._internal_errors
+        )
         if states is None:
             states = self.memory_states
         states.begin()
@@ -283,7 +290,10 @@ def _apply(
             if isinstance(exc, Rejected):
                 reason = exc.reason
             else:  # a bug here must not turn one record into a failed request
-                _log.exception("rule_internal_error", rule=rule.name, consequence="the record is rejected")
+                if tally.internal_errors is not None:
+                    tally.internal_errors.exception(
+                        rule.name, rule=rule.name, consequence="the record is rejected"
+                    )
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             tally.rejected.append(Rejection(tally.signal, rule.name, reason, original(view)))
             if not rule.continue_:

@@ -88,6 +88,10 @@ class ThrottledLog:
         """Like :meth:`warning`, at info level."""
         return self._emit(self._logger.info, key, fields)
 
+    def exception(self, key: str, **fields: Any) -> bool:
+        """Like :meth:`warning`, at error level with the current exception's traceback."""
+        return self._emit(self._logger.exception, key, fields)
+
     def _emit(self, write: Callable[..., None], key: str, fields: dict[str, Any]) -> bool:
         now = self._clock()
         if key not in self._last and len(self._last) >= self._max_keys:

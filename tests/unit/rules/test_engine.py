@@ -59,3 +59,18 @@ def test_a_bug_in_a_rule_rejects_the_record_instead_of_failing_the_request(
 
 def test_rule_names_in_evaluation_order() -> None:
     assert RulesEngine([compiled("b"), compiled("a")]).rule_names == ["b", "a"]
+
+
+def test_a_rule_bug_hitting_every_record_is_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(view: RecordView) -> EncodedEvent:
+        raise KeyError("boom")
+
+    bad = dataclasses.replace(compile_rule(RuleModel.model_validate(rule("bad"))), build=broken)
+    engine = RulesEngine([bad])
+    with caplog.at_level(logging.ERROR, logger="otlp_meter.rules"):
+        for _ in range(3):
+            result = engine.map_logs(logs_request(log_record(), log_record(), log_record()), RECEIVED)
+            assert len(result.rejected) == 3
+    assert [r.getMessage() for r in caplog.records] == ["rule_internal_error"]
