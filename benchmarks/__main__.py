@@ -64,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="before each scenario, wait up to this long while other processes keep > 0.15 cores busy "
-        "(default: 120, 5 with --quick); rows measured under contention say so",
+        "(default: 120, none with --quick); rows measured under contention say so",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=None,
+        help="measure a row up to this many times while other processes disturb it, keeping the least "
+        "disturbed run (default: 3, 1 with --quick)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="where JSON and profiles go")
@@ -80,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="otlp-meter-bench-", dir=args.workdir) as tmp:
         source = snapshot(args.at, Path(tmp) / "src") if args.at else None
-        quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 120.0)
-        ctx = Context(args.quick, Path(tmp), args.results, args.profile, source, quiet_wait)
+        quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 120.0)
+        attempts = args.attempts if args.attempts is not None else (1 if args.quick else 3)
+        ctx = Context(args.quick, Path(tmp), args.results, args.profile, source, quiet_wait, attempts)
         for name in selected:
             try:
                 rows += SCENARIOS[name](ctx)

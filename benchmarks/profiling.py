@@ -57,6 +57,14 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _display(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (for the JSON results)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(found).exists():
@@ -77,7 +85,7 @@ def _record(pid: int, seconds: int, output: Path, native: bool) -> None:
 def profile_service(pid: int, seconds: float, stem: Path) -> Iterator[ProfileSummary]:
     """Sample ``pid`` from ``summary.start()`` on; the body must keep the load on for ``seconds`` more."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    summary = ProfileSummary(path=str(stem.with_suffix(".txt")))
+    summary = ProfileSummary(path=_display(stem.with_suffix(".txt")))
     python, native = stem.with_suffix(".python.folded"), stem.with_suffix(".native.folded")
     half = max(1, int(seconds / 2))
     outcome: dict[str, BaseException] = {}
@@ -111,7 +119,7 @@ def profile_service(pid: int, seconds: float, stem: Path) -> Iterator[ProfileSum
     elapsed = time.monotonic() - window["started"]
     cpu = {tid: (name, seconds - before.get(tid, (name, 0.0))[1]) for tid, (name, seconds) in after.items()}
     summary.text = summarize(python.read_text(), native.read_text(), cpu, elapsed)
-    Path(summary.path).write_text(summary.text)
+    stem.with_suffix(".txt").write_text(summary.text)
 
 
 def _parse(folded: str, names: dict[int, str]) -> list[tuple[str, list[str], int]]:

@@ -22,6 +22,7 @@ class Context:
     profile: bool = False  # profile the service with py-spy during an extra S2 run
     source: Path | None = None  # run the service from this otlp_meter tree (see ``--at``)
     quiet_wait: float = 0.0  # before a scenario, wait up to this long for other processes to calm down
+    attempts: int = 1  # measure a row again (up to this many times) when other processes were busy
 
     def seconds(self, full: float, quick: float) -> float:
         return quick if self.quick else full
@@ -34,9 +35,11 @@ class Context:
 
         The machine may be shared (tests, builds); returns the load last seen, in cores.
         """
+        if self.quiet_wait <= 0:
+            return 0.0
         deadline = time.monotonic() + self.quiet_wait
         busy = others_busy(0.5)
-        if busy >= threshold and self.quiet_wait > 0:
+        if busy >= threshold:
             self.log(f"other processes keep {busy:.2f} cores busy; waiting up to {self.quiet_wait:.0f}s")
             while busy >= threshold and time.monotonic() < deadline:
                 time.sleep(2)

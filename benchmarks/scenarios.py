@@ -8,6 +8,7 @@ scenario's own. S5 and S6 (a queue filled during an outage) are in :mod:`benchma
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from benchmarks.stub import StubOpenMeter
 APPENDED = "otlp_meter_queue_appended_events_total"
 DEDUPLICATED = "otlp_meter_queue_deduplicated_events_total"
 SENT = "otlp_meter_exporter_sent_events_total"
+QUIET = 0.15  # cores used by processes outside the suite below which a measurement counts as clean
 DRAIN_WAIT = 60.0  # after a run, how long the exporter may take to deliver what was accepted
 
 # S4: user rules (rules.inline) mapping cumulative sums and histograms; the engine converts each
@@ -137,7 +139,7 @@ def measured_row(
 
 def note_contention(row: Row, others: float, steal: float) -> None:
     """Say so when something outside the suite took CPU during the measurement."""
-    if others >= 0.15 or steal >= 0.05:
+    if others >= QUIET or steal >= 0.05:
         row.notes.append(
             f"measured while other processes kept {others:.2f} cores busy (steal {steal:.2f}): "
             "the figures are pessimistic"
@@ -162,6 +164,28 @@ def _run(
     workload: Workload,
     specs: Callable[[Service], list[LoadSpec]],
     config: dict[str, Any] | None = None,
+) -> Row:
+    """Measure ``row``; on a shared machine, up to ``ctx.attempts`` times, keeping the least disturbed."""
+    best: Row | None = None
+    for attempt in range(max(1, ctx.attempts)):
+        if attempt:
+            ctx.log(f"{row.id}: other processes were busy during the run; measuring again")
+        measured = _run_once(ctx, copy.deepcopy(row), name, workload, specs, config)
+        if best is None or measured.extra["others_cores"] < best.extra["others_cores"]:
+            best = measured
+        if best.extra["others_cores"] < QUIET:
+            break
+    assert best is not None
+    return best
+
+
+def _run_once(
+    ctx: Context,
+    row: Row,
+    name: str,
+    workload: Workload,
+    specs: Callable[[Service], list[LoadSpec]],
+    config: dict[str, Any] | None,
 ) -> Row:
     ctx.wait_quiet()
     with StubOpenMeter() as stub:
@@ -206,7 +230,7 @@ def s1_steady(ctx: Context) -> list[Row]:
             return _specs(t, port, path, w, 1, 4, seconds, rate=100.0, content_type=c, warmup=20)
 
         row = Row("S1", f"steady 10k records/s, OTLP {label}", "100 rec/request, 100 req/s paced, 4 clients")
-        _run(ctx, row, f"s1-{transport}-{encoding}", workload, specs)
+        row = _run(ctx, row, f"s1-{transport}-{encoding}", workload, specs)
         row.goal = "≤ 12% of a core, RSS ≤ 80 MiB, p99 ≤ 5 ms"
         if row.cpu_pct is not None and row.p99_ms is not None:
             row.met = row.cpu_pct <= 12 and (row.hwm_mib or 0) <= 80 and row.p99_ms <= 5
@@ -224,7 +248,7 @@ def s2_max_ingest(ctx: Context) -> list[Row]:
     seconds = ctx.seconds(15, 3)
     ctx.log(f"S2 maximum durable ingest, 1000-record gRPC requests ({seconds:.0f}s)")
     row = Row("S2", "max durable ingest, OTLP gRPC, exporter on", "1000 rec/request, 4 clients (2 procs)")
-    _run(ctx, row, "s2", Workload("genai-logs", 1000), _s2_specs(seconds))
+    row = _run(ctx, row, "s2", Workload("genai-logs", 1000), _s2_specs(seconds))
     row.goal = "≥ 150k rec/s; ≤ 7 µs/rec in + ≤ 2 µs/event out"
     if row.throughput is not None and row.cpu_us is not None:
         row.met = row.throughput >= 150_000 and row.cpu_us <= 7 + 2 * 2
@@ -258,7 +282,7 @@ def s3_small_requests(ctx: Context) -> list[Row]:
     ctx.log(f"S3 10-record gRPC requests, 16 clients ({seconds:.0f}s)")
     workload = Workload("genai-logs", 10)
     row = Row("S3", "small requests, OTLP gRPC", "10 rec/request, 16 clients (2 procs)")
-    _run(
+    row = _run(
         ctx,
         row,
         "s3",
@@ -287,7 +311,7 @@ def s4_metrics(ctx: Context) -> list[Row]:
         def specs(s: Service, w: Workload = workload) -> list[LoadSpec]:
             return _specs("grpc", s.grpc_port, GRPC_METRICS, w, 2, 2, seconds)
 
-        _run(ctx, row, f"s4-{label}", workload, specs, {"rules": {"inline": METRIC_RULES}})
+        row = _run(ctx, row, f"s4-{label}", workload, specs, {"rules": {"inline": METRIC_RULES}})
         row.goal = "— (none set; delta state read and written per point)"
         rows.append(row)
     return rows
@@ -306,7 +330,7 @@ def s7_events_api(ctx: Context) -> list[Row]:
             "http", s.events_port, "/api/v1/events", workload, 2, 2, seconds, content_type=ct, warmup=10
         )
 
-    _run(ctx, row, "s7", workload, specs)
+    row = _run(ctx, row, "s7", workload, specs)
     row.unit = "events"
     row.goal = "— (none set)"
     return [row]
