@@ -20,12 +20,12 @@ import asyncio
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
 import orjson
 
+from otlp_meter.exporters.retry import parse_retry_after
 from otlp_meter.sources.base import WALL_CLOCK, BackoffConfig, Clock, SourceStats, Wait, wait_or_stop
 from otlp_meter.telemetry.logging import get_logger
 
@@ -62,19 +62,8 @@ def jwt_expiry(token: str) -> float | None:
 
 
 def retry_after(response: httpx.Response, now: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds, or an HTTP date compared with ``now``)."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
+    """Seconds from a ``Retry-After`` header, read the way the exporter reads it (one parser)."""
+    return parse_retry_after(response.headers.get("retry-after"), now)
 
 
 @dataclass
