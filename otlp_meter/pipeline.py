@@ -22,7 +22,7 @@ from otlp_meter.queue.lmdb_queue import LmdbQueue
 from otlp_meter.rules.delta import StreamStates
 from otlp_meter.rules.engine import MappingResult, RulesEngine
 from otlp_meter.telemetry.logging import ThrottledLog, get_logger
-from otlp_meter.telemetry.metrics import Metrics
+from otlp_meter.telemetry.metrics import Children, Metrics
 from otlp_meter.telemetry.spec import rule_rejection_reason
 
 log = get_logger("pipeline")
@@ -56,6 +56,10 @@ class Pipeline:
         self._engine = engine
         self._queue = queue
         self._metrics = metrics
+        self._append_duration = metrics.queue_append_duration
+        self._matched = Children(metrics.rules_matched)  # counted on every request
+        self._unmatched = Children(metrics.rules_unmatched)
+        self._cumulative = Children(metrics.rules_cumulative_points)
         # What the queue stored (appended, deduplicated, dead letters …) is counted by the queue's
         # own ledger, in the same transactions as the data; the metrics read it when scraped.
         metrics.observe_queue(queue.stats)
@@ -140,16 +144,16 @@ class Pipeline:
         if mapped.events or mapped.rejected or state:
             started = time.perf_counter()
             appended = await self._queue.append(mapped.events, mapped.rejected, state or {})
-            self._metrics.queue_append_duration.observe(time.perf_counter() - started)
+            self._append_duration.observe(time.perf_counter() - started)
             n_appended, n_dedup = appended.appended, appended.deduplicated
         else:
             n_appended = n_dedup = 0
         for rule, count in mapped.matched.items():
-            self._metrics.rules_matched.labels(rule).inc(count)
+            self._matched[(rule,)].inc(count)
         if mapped.unmatched:
-            self._metrics.rules_unmatched.labels(signal).inc(mapped.unmatched)
+            self._unmatched[(signal,)].inc(mapped.unmatched)
         for outcome, count in mapped.cumulative.items():
-            self._metrics.rules_cumulative_points.labels(outcome).inc(count)
+            self._cumulative[(outcome,)].inc(count)
         message = ""
         if mapped.rejected:
             self._report_rejections(signal, mapped.rejected)

@@ -32,7 +32,7 @@ from otlp_meter.receivers.config import LimitsConfig
 from otlp_meter.receivers.limits import check_limits
 from otlp_meter.receivers.status import Refusal, refusal_for
 from otlp_meter.telemetry.logging import ThrottledLog, get_logger
-from otlp_meter.telemetry.metrics import Metrics
+from otlp_meter.telemetry.metrics import Children, Metrics
 
 SignalName = Literal["logs", "metrics", "traces", "events"]
 Transport = Literal["grpc", "http_protobuf", "http_json", "events_api"]
@@ -41,6 +41,10 @@ log = get_logger("receiver")
 # Logged where they happen, with more to say: the authenticator (rate-limited) and refusal_for.
 _LOGGED_ELSEWHERE = frozenset({"unauthenticated", "internal"})
 _MAX_MESSAGE = 300
+# Answers without partial_success, shared by every request (never modified).
+_LOGS_OK = ExportLogsServiceResponse()
+_METRICS_OK = ExportMetricsServiceResponse()
+_TRACES_OK = ExportTraceServiceResponse()
 
 
 def count_records(request: Message) -> int:
@@ -68,6 +72,11 @@ class ReceiverCore:
         self._metrics = metrics
         self._limits = limits or LimitsConfig()
         self._refusals = ThrottledLog(log, "receiver_refused")
+        # Once-per-request instruments, looked up by (transport, signal[, outcome]).
+        self._sizes = Children(metrics.receiver_request_size)
+        self._durations = Children(metrics.receiver_request_duration)
+        self._accepted = Children(metrics.receiver_accepted_records)
+        self._requests = Children(metrics.receiver_requests)
 
     async def export(
         self, signal: SignalName, transport: Transport, request: Message, wire_size: int | None = None
@@ -77,11 +86,11 @@ class ReceiverCore:
         (default: the request's protobuf size)."""
         started = time.perf_counter()
         size = request.ByteSize() if wire_size is None else wire_size
-        self._metrics.receiver_request_size.labels(transport, signal).observe(size)
+        self._sizes[transport, signal].observe(size)
         check_limits(request, size, self._limits)
         if isinstance(request, ExportLogsServiceRequest):
             result = await self._pipeline.ingest_logs(request)
-            response: Message = ExportLogsServiceResponse()
+            response: Message = _LOGS_OK
             if result.rejected:
                 response = ExportLogsServiceResponse(
                     partial_success=ExportLogsPartialSuccess(
@@ -90,7 +99,7 @@ class ReceiverCore:
                 )
         elif isinstance(request, ExportMetricsServiceRequest):
             result = await self._pipeline.ingest_metrics(request)
-            response = ExportMetricsServiceResponse()
+            response = _METRICS_OK
             if result.rejected:
                 response = ExportMetricsServiceResponse(
                     partial_success=ExportMetricsPartialSuccess(
@@ -99,11 +108,9 @@ class ReceiverCore:
                 )
         else:  # traces are accepted and discarded so SDKs that also send them stay quiet
             result = IngestResult(0, 0, "", 0, 0)
-            response = ExportTraceServiceResponse()
+            response = _TRACES_OK
         self._count(signal, transport, result)
-        self._metrics.receiver_request_duration.labels(transport, signal).observe(
-            time.perf_counter() - started
-        )
+        self._durations[transport, signal].observe(time.perf_counter() - started)
         return response
 
     async def ingest_events(
@@ -113,24 +120,21 @@ class ReceiverCore:
         ``wire_size``: bytes of the decoded body (default: the events' encoded size)."""
         started = time.perf_counter()
         size = sum(len(e.payload) for e in events) if wire_size is None else wire_size
-        self._metrics.receiver_request_size.labels(transport, "events").observe(size)
+        self._sizes[transport, "events"].observe(size)
         result = await self._pipeline.ingest_events(events)
         self._count("events", transport, result)
-        self._metrics.receiver_request_duration.labels(transport, "events").observe(
-            time.perf_counter() - started
-        )
+        self._durations[transport, "events"].observe(time.perf_counter() - started)
         return result
 
     def _count(self, signal: SignalName, transport: Transport, result: IngestResult) -> None:
         accepted = result.records - result.rejected
         if accepted:
-            self._metrics.receiver_accepted_records.labels(transport, signal).inc(accepted)
+            self._accepted[transport, signal].inc(accepted)
         if result.rejected:
             self._metrics.receiver_refused_records.labels(transport, signal, "rejected_by_rules").inc(
                 result.rejected
             )
-        outcome = "partial" if result.rejected else "ok"
-        self._metrics.receiver_requests.labels(transport, signal, outcome).inc()
+        self._requests[transport, signal, "partial" if result.rejected else "ok"].inc()
 
     def refuse(
         self,

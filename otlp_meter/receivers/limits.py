@@ -30,11 +30,12 @@ def check_limits(request: Message, wire_size: int, limits: LimitsConfig) -> None
     most = limits.max_attributes_per_record
     walk_values = wire_size > limits.max_attribute_value_size
     for where, holders in _attribute_holders(request):
-        counts = list(map(len, map(_ATTRIBUTES, holders)))  # C-level loops: this runs on every request
-        if counts and max(counts) > most:
+        # C-level loops, no list and no path string unless a limit is exceeded: this runs on every request.
+        if holders and max(map(len, map(_ATTRIBUTES, holders))) > most:
+            counts = list(map(len, map(_ATTRIBUTES, holders)))
             at = next(i for i, n in enumerate(counts) if n > most)
             raise LimitExceededError(
-                f"{where.format(at)} has {counts[at]} attributes; at most {most} are taken "
+                f"{_path(where, at)} has {counts[at]} attributes; at most {most} are taken "
                 f"({_SETTING}.max_attributes_per_record)",
                 "attributes",
             )
@@ -43,7 +44,7 @@ def check_limits(request: Message, wire_size: int, limits: LimitsConfig) -> None
                 for kv in holder.attributes:
                     if _too_large(kv.value, limits.max_attribute_value_size, 0):
                         raise LimitExceededError(
-                            f"{where.format(at)} attribute {kv.key[:64]!r} is larger than "
+                            f"{_path(where, at)} attribute {kv.key[:64]!r} is larger than "
                             f"{limits.max_attribute_value_size} bytes ({_SETTING}.max_attribute_value_size)",
                             "attribute_value",
                         )
@@ -65,24 +66,40 @@ def _too_large(value: Any, limit: int, depth: int) -> bool:
     return False
 
 
-def _attribute_holders(request: Message) -> Iterator[tuple[str, Sequence[Any]]]:
+_Where = tuple[str, tuple[int, ...]]
+"""A group's path: a template with a ``{}`` per index, its indices (the member's index comes last)."""
+
+
+def _path(where: _Where, at: int) -> str:
+    template, indices = where
+    return template.format(*indices, at)
+
+
+_RESOURCE_LOGS = "resource_logs[{}].resource"
+_SCOPE_LOGS = "resource_logs[{}].scope_logs[{}].scope"
+_LOG_RECORDS = "resource_logs[{}].scope_logs[{}].log_records[{}]"
+_RESOURCE_METRICS = "resource_metrics[{}].resource"
+_SCOPE_METRICS = "resource_metrics[{}].scope_metrics[{}].scope"
+_DATA_POINTS = "resource_metrics[{}].scope_metrics[{}].metrics[{}].data_points[{}]"
+
+
+def _attribute_holders(request: Message) -> Iterator[tuple[_Where, Sequence[Any]]]:
     """Groups of messages with ``attributes`` (resources, scopes, log records, data points), each
-    with the path of its members as a template for ``str.format(index)``."""
+    with the path of its members (see :func:`_path`)."""
     if isinstance(request, ExportLogsServiceRequest):
         resources = request.resource_logs
-        yield "resource_logs[{}].resource", [r.resource for r in resources]
+        yield (_RESOURCE_LOGS, ()), [r.resource for r in resources]
         for i, rl in enumerate(resources):
-            yield f"resource_logs[{i}].scope_logs[{{}}].scope", [s.scope for s in rl.scope_logs]
+            yield (_SCOPE_LOGS, (i,)), [s.scope for s in rl.scope_logs]
             for j, sl in enumerate(rl.scope_logs):
-                yield f"resource_logs[{i}].scope_logs[{j}].log_records[{{}}]", sl.log_records
+                yield (_LOG_RECORDS, (i, j)), sl.log_records
     elif isinstance(request, ExportMetricsServiceRequest):
         resources_m = request.resource_metrics
-        yield "resource_metrics[{}].resource", [r.resource for r in resources_m]
+        yield (_RESOURCE_METRICS, ()), [r.resource for r in resources_m]
         for i, rm in enumerate(resources_m):
-            yield f"resource_metrics[{i}].scope_metrics[{{}}].scope", [s.scope for s in rm.scope_metrics]
+            yield (_SCOPE_METRICS, (i,)), [s.scope for s in rm.scope_metrics]
             for j, sm in enumerate(rm.scope_metrics):
                 for m, metric in enumerate(sm.metrics):
                     kind = metric.WhichOneof("data")
                     if kind is not None:
-                        where = f"resource_metrics[{i}].scope_metrics[{j}].metrics[{m}].data_points[{{}}]"
-                        yield where, getattr(metric, kind).data_points
+                        yield (_DATA_POINTS, (i, j, m)), getattr(metric, kind).data_points

@@ -119,9 +119,14 @@ class OtlpGrpcReceiver:
                 request_deserializer=_identity,
                 response_serializer=_identity,
             )
-            server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
-            )
+            # Registered with the C core (grpcio >= 1.63): a call is routed without the generic
+            # handlers' Python lookup (a HandlerCallDetails object and a service() call per RPC).
+            if hasattr(server, "add_registered_method_handlers"):
+                server.add_registered_method_handlers(service, {"Export": handler})
+            else:  # pragma: no cover - older grpcio
+                server.add_generic_rpc_handlers(
+                    (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
+                )
         if self._health is not None:
             self._health.add_to(server)
         # grpcio reports a failed bind as RuntimeError (older releases returned 0); either way the

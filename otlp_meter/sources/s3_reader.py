@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
-from botocore.exceptions import ClientError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otlp_meter.events import EncodedEvent
@@ -180,6 +179,8 @@ class ObjectStream:
         return self
 
     def _get(self, byte_range: str | None) -> Any:
+        from botocore.exceptions import ClientError  # imported once a source runs, not at startup
+
         kwargs = {"Bucket": self.bucket, "Key": self.progress.key}
         try:
             return self._client.get_object(**kwargs, **({"Range": byte_range} if byte_range else {}))

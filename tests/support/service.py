@@ -46,6 +46,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 _DROP_PRIVILEGES_AND_RUN = """
 import os, pwd, sys
 import uvloop, otlp_meter.cli, otlp_meter.service  # imported as root: the code may be unreadable to the user
+import cel  # imported lazily by the rules when they have expressions (the default packs do)
 user = pwd.getpwnam(sys.argv[1])
 os.setgroups([])
 os.setgid(user.pw_gid)
