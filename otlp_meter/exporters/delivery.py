@@ -193,7 +193,8 @@ class Exporter:
             log.exception("exporter_delivery_crashed", events=len(batch))
             await self._pause_quietly(self._config.retry.max_backoff)
         finally:
-            unsettled = [e.seq for e in batch if e.seq not in settled]
+            # Seqs are distinct within a batch: as many settled as leased means all were.
+            unsettled = [e.seq for e in batch if e.seq not in settled] if len(settled) < len(batch) else []
             if unsettled:
                 self._queue.release(unsettled)
                 self._wake.set()  # released events are available again; the leasing loop may be idle
@@ -206,18 +207,20 @@ class Exporter:
         name = self._sink.name
         attempt = 0
         first_attempt = self._clock()
+        payloads = [e.payload for e in events]
         while True:
             if self._stop.is_set():
                 raise Stopping
             started = time.perf_counter()
-            result = await self._sink.send([e.payload for e in events])
+            result = await self._sink.send(payloads)
             self._metrics.exporter_request_duration.labels(name).observe(time.perf_counter() - started)
             if attempt:
                 self._metrics.exporter_retries.labels(name).inc()
             attempt += 1
             if result.verdict is Verdict.DELIVERED:
-                await self._queue.ack([e.seq for e in events])
-                settled.update(e.seq for e in events)
+                seqs = [e.seq for e in events]
+                await self._queue.ack(seqs)
+                settled.update(seqs)
                 self._metrics.exporter_sent_events.labels(name).inc(len(events))
                 self._metrics.exporter_sent_batches.labels(name).inc()
                 self._metrics.exporter_last_success.labels(name).set(time.time())

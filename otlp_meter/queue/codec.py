@@ -1,4 +1,18 @@
-"""The queue's on-disk encoding: keys, and record envelopes (1 version byte + a protobuf message).
+"""The queue's on-disk encoding: keys, and record envelopes (a version byte, then the record).
+
+Envelope versions (the first byte of every value in ``events`` and ``dead``):
+
+* **2** — queued events (``events``), written since schema 2::
+
+      0      1                          9              13
+      | 0x02 | enqueued_unix_nano u64BE | attempts u32BE | payload: the CloudEvent JSON object …
+
+  A fixed 13-byte header and the payload as it is sent, so leasing an event is a slice, with no
+  parse. The event's ``source`` and ``id`` are not repeated: the JSON object holds them, and the
+  rare paths that need them (dead-lettering, logging a refused event) read them from it
+  (:func:`event_attributes`).
+* **1** — ``proto/otlp_meter/queue/v1``: dead letters (``DeadLetter``; still written), and queued
+  events written before schema 2 (``QueuedEvent``; still read, so a queue drains after an upgrade).
 
 Pure functions, no LMDB. Anything that cannot be decoded raises :class:`CorruptRecordError`; the
 queue moves such records aside instead of crashing on them.
@@ -8,20 +22,30 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 
 from otlp_meter.events import EncodedEvent, Rejection, Signal
 from otlp_meter.queue.proto import record_pb2
 
-ENVELOPE_VERSION = 1
-"""Version byte in front of every stored record; version 1 = ``proto/otlp_meter/queue/v1``."""
+PROTOBUF_ENVELOPE = 1
+"""Version byte of a ``proto/otlp_meter/queue/v1`` record: dead letters, and events of schema 1."""
+EVENT_ENVELOPE = 2
+"""Version byte of a queued event written since schema 2: fixed header + JSON payload."""
+EVENT_HEADER = struct.Struct(">BQI")
+"""Version, enqueued time (Unix ns), attempts: the first 13 bytes of an envelope-2 event."""
+EVENT_HEADER_SIZE = EVENT_HEADER.size
 
-_VERSION_PREFIX = bytes([ENVELOPE_VERSION])
-_SEQ = struct.Struct(">Q")
+_VERSION_PREFIX = bytes([PROTOBUF_ENVELOPE])
+SEQ = struct.Struct(">Q")
+"""Sequence keys and expiry values: 8-byte big-endian."""
+_SEQ = SEQ
 _EXPIRY_KEY = struct.Struct(">Q16s")
+DEDUPE_KEY_SIZE = 16
 
 DeadLetterKind = Literal["event", "otlp_logs", "otlp_metrics"]
 
@@ -44,10 +68,8 @@ class CorruptRecordError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class QueuedRecord:
-    """A decoded ``events`` value."""
+    """A decoded ``events`` value (either envelope version)."""
 
-    source: str
-    id: str
     payload: bytes
     enqueued_unix_nano: int
     attempts: int
@@ -85,12 +107,28 @@ def event_dedupe_key(source: str, id: str) -> bytes:
     Hashed because LMDB keys are limited to 511 bytes and sources/ids are not; 128 bits make a
     collision (which would wrongly drop an event) negligible even at 10⁸ keys.
     """
+    return hashlib.blake2b(_source_prefix(source) + id.encode(), digest_size=16).digest()
+
+
+def event_dedupe_keys(events: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
+    """:func:`event_dedupe_key` of each ``(source, id, payload)``, in order (the prefix hashed for
+    a source is built once per call: a request's events mostly share a few sources)."""
+    prefixes: dict[str, bytes] = {}
+    blake2b = hashlib.blake2b
+    keys: list[bytes] = []
+    for source, id, _payload in events:
+        prefix = prefixes.get(source)
+        if prefix is None:
+            prefix = prefixes[source] = _source_prefix(source)
+        keys.append(blake2b(prefix + id.encode(), digest_size=16).digest())
+    return keys
+
+
+def _source_prefix(source: str) -> bytes:
+    # b"E", the source's length and the source: hashing the concatenation is hashing the parts
+    # one update at a time, so these are the keys queues have always stored.
     src = source.encode()
-    h = hashlib.blake2b(b"E", digest_size=16)
-    h.update(len(src).to_bytes(4, "big"))
-    h.update(src)
-    h.update(id.encode())
-    return h.digest()
+    return b"E" + len(src).to_bytes(4, "big") + src
 
 
 def rejection_dedupe_key(rejection: Rejection) -> bytes:
@@ -105,13 +143,31 @@ def rejection_dedupe_key(rejection: Rejection) -> bytes:
 
 
 def expiry_index_key(expiry_unix_nano: int, dedupe_key: bytes) -> bytes:
-    """Key of the dedupe expiry index: sorts by expiry, so pruning reads from the front."""
+    """Key of a dedupe expiry index entry: sorts by expiry, so pruning reads from the front.
+
+    ``dedupe_key`` is the entry's first key; it only makes the index key unique. An entry written
+    since schema 2 lists its keys in its value (:func:`expiry_index_value`); one written before
+    has an empty value and stands for ``dedupe_key`` alone.
+    """
     return _EXPIRY_KEY.pack(expiry_unix_nano, dedupe_key)
 
 
 def split_expiry_index_key(key: bytes) -> tuple[int, bytes]:
     expiry, dedupe_key = _EXPIRY_KEY.unpack(key)
     return int(expiry), bytes(dedupe_key)
+
+
+def expiry_index_value(dedupe_keys: Iterable[bytes]) -> bytes:
+    """Value of a multi-key expiry index entry: the 16-byte dedupe keys, concatenated."""
+    return b"".join(dedupe_keys)
+
+
+def expiry_index_keys(key: bytes, value: bytes) -> list[bytes]:
+    """The dedupe keys an expiry index entry stands for (either format; a torn tail is ignored)."""
+    if not value:
+        return [key[8:]]
+    size = DEDUPE_KEY_SIZE
+    return [value[i : i + size] for i in range(0, len(value) - size + 1, size)]
 
 
 def encode_expiry(expiry_unix_nano: int) -> bytes:
@@ -127,29 +183,56 @@ def decode_expiry(value: bytes) -> int:
 # --- records ----------------------------------------------------------------------------------
 
 
+def event_header(enqueued_unix_nano: int, attempts: int = 0) -> bytes:
+    """The 13 bytes in front of every envelope-2 event (the same for all events of one commit)."""
+    return EVENT_HEADER.pack(EVENT_ENVELOPE, enqueued_unix_nano, attempts)
+
+
 def encode_event(event: EncodedEvent, enqueued_unix_nano: int, attempts: int = 0) -> bytes:
-    message = record_pb2.QueuedEvent(
-        source=event.source,
-        id=event.id,
-        payload=event.payload,
-        enqueued_unix_nano=enqueued_unix_nano,
-        attempts=attempts,
-    )
-    return _VERSION_PREFIX + message.SerializeToString()
+    """An envelope-2 ``events`` value: the header, then the payload as it is sent."""
+    return event_header(enqueued_unix_nano, attempts) + event.payload
+
+
+def is_event_v2(raw: bytes) -> bool:
+    """Whether ``raw`` is an envelope-2 event: the version byte, the header, a non-empty payload.
+
+    The payload itself is not checked (a parse per lease is what this envelope exists to avoid;
+    LMDB's copy-on-write B-tree does not tear values). The lease loop inlines this same test.
+    """
+    return len(raw) > EVENT_HEADER_SIZE and raw[0] == EVENT_ENVELOPE
 
 
 def decode_event(raw: bytes) -> QueuedRecord:
+    """A stored event of either envelope version; CorruptRecordError if it is neither."""
+    if is_event_v2(raw):
+        _, enqueued, attempts = EVENT_HEADER.unpack_from(raw)
+        return QueuedRecord(raw[EVENT_HEADER_SIZE:], enqueued, attempts)
+    if raw[:1] == bytes([EVENT_ENVELOPE]):
+        raise CorruptRecordError("queued event (envelope 2) without a payload after its header")
     message = record_pb2.QueuedEvent()
     _parse(message, raw)
     if not message.id or not message.payload:
         raise CorruptRecordError("queued event without id or payload")
     return QueuedRecord(
-        source=message.source,
-        id=message.id,
         payload=message.payload,
         enqueued_unix_nano=message.enqueued_unix_nano,
         attempts=message.attempts,
     )
+
+
+def event_attributes(payload: bytes) -> tuple[str, str]:
+    """``(source, id)`` of a stored event, read from its JSON; empty strings where unreadable.
+
+    For the rare paths only (a dead letter, a log line): the lease path never parses payloads.
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(document, dict):
+        return "", ""
+    source, id = document.get("source"), document.get("id")
+    return (source if isinstance(source, str) else ""), (id if isinstance(id, str) else "")
 
 
 def encode_dead_letter(record: DeadRecord) -> bytes:
@@ -201,7 +284,7 @@ def dead_record_for_rejection(rejection: Rejection, dead_unix_nano: int) -> Dead
 def _parse(message: record_pb2.QueuedEvent | record_pb2.DeadLetter, raw: bytes) -> None:
     if not raw:
         raise CorruptRecordError("empty record")
-    if raw[0] != ENVELOPE_VERSION:
+    if raw[0] != PROTOBUF_ENVELOPE:
         raise CorruptRecordError(f"unknown envelope version {raw[0]}")
     try:
         message.ParseFromString(raw[1:])

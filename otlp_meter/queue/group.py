@@ -8,7 +8,9 @@ the accounting identities hold at every commit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from operator import itemgetter
 
 import lmdb
 
@@ -22,6 +24,10 @@ log = get_logger("queue")
 
 _KiB = 1024
 _MiB = 1024 * _KiB
+
+EXPIRY_ENTRY_KEYS = 1024
+"""Dedupe keys per expiry index entry (16 KiB values): one LMDB write per this many keys remembered,
+while pruning still reads and rewrites bounded values."""
 
 
 def storage_headroom(map_size: int) -> int:
@@ -66,12 +72,25 @@ class Group:
         self.quarantined: list[bytes] = []
         self.appended_loops: set[asyncio.AbstractEventLoop] = set()
         self._storage_free: int | None = None
+        self._dedupe_cursor: lmdb.Cursor[bytes] | None = None
+        self._remembered: list[bytes] = []
+        """Keys remembered in this transaction; their expiry index entries are written by finish."""
 
     # -- checks (no writes) --
 
-    def is_duplicate(self, key: bytes) -> bool:
-        value = self.txn.get(key, db=self.h.dedupe)
-        return value is not None and codec.decode_expiry(value) > self.now_ns
+    def window(self, keys: Iterable[bytes]) -> tuple[list[bytes], set[bytes]]:
+        """``keys`` sorted without repeats, and those of them remembered with an expiry after now
+        (copies within the window; keys remembered earlier in this transaction included).
+
+        One sorted ``getmulti`` instead of a ``get`` per key: the B-tree is walked in key order and
+        the loop runs in C (py-lmdb still releases the GIL around each key's lookup).
+        """
+        wanted = sorted(set(keys))
+        if not wanted:
+            return wanted, set()
+        now, decode = self.now_ns, codec.decode_expiry
+        found = self._dedupe().getmulti(wanted)
+        return wanted, {key for key, value in found if decode(value) > now}
 
     def check_room(self, event_bytes: int, dead_bytes: int, keys: int = 0) -> None:
         """Refuse (before any write) what would pass the byte limits or eat into the headroom.
@@ -121,22 +140,63 @@ class Group:
     # -- writes --
 
     def put_event(self, record: bytes) -> None:
-        seq = self.counters.next_seq
-        self.txn.put(codec.seq_key(seq), record, append=True, db=self.h.events)
-        self.counters.next_seq = seq + 1
-        self.counters.depth += 1
-        self.counters.size += len(record)
-        self.appended += 1
+        self.put_events((record,))
 
-    def delete_event(self, seq: int) -> bool:
-        """Delete a stored event (accounting is the caller's); False if it was gone already."""
-        raw = self.txn.pop(codec.seq_key(seq), db=self.h.events)
-        if raw is None:
+    def put_events(self, records: Sequence[bytes]) -> None:
+        """Append ``records`` under the next sequence numbers, in one ``putmulti``."""
+        if not records:
+            return
+        first = self.counters.next_seq
+        keys = map(codec.SEQ.pack, range(first, first + len(records)))
+        _consumed, added = self.txn.cursor(db=self.h.events).putmulti(
+            zip(keys, records, strict=True), append=True
+        )
+        if added != len(records):  # MDB_APPEND refused a key: the sequence counter is behind
+            raise lmdb.Error(f"appending events from sequence {first}: {len(records) - added} keys not new")
+        self.counters.next_seq = first + len(records)
+        self.counters.depth += len(records)
+        self.counters.size += sum(map(len, records))
+        self.appended += len(records)
+
+    def delete_event(self, seq: int, size: int | None = None) -> bool:
+        """Delete a stored event (accounting is the caller's); False if it was gone already.
+
+        ``size``: the bytes of its record, if known (a leased event's): then a plain delete does,
+        without reading the record back first.
+        """
+        key = codec.seq_key(seq)
+        if size is None:
+            raw = self.txn.pop(key, db=self.h.events)
+            if raw is None:
+                return False
+            size = len(raw)
+        elif not self.txn.delete(key, db=self.h.events):
             return False
         self.counters.depth -= 1
-        self.counters.size -= len(raw)
+        self.counters.size -= size
         self.removed_seqs.append(seq)
         return True
+
+    def delete_events(self, seqs: Sequence[int], sizes: Sequence[int | None]) -> int:
+        """:meth:`delete_event` for many (``sizes`` parallel to ``seqs``), in key order; how many
+        were still there."""
+        delete, pop, pack, db = self.txn.delete, self.txn.pop, codec.SEQ.pack, self.h.events
+        removed = self.removed_seqs
+        freed = count = 0
+        for seq, size in sorted(zip(seqs, sizes, strict=True), key=itemgetter(0)):  # page by page
+            if size is None:
+                raw = pop(pack(seq), db=db)
+                if raw is None:
+                    continue
+                size = len(raw)
+            elif not delete(pack(seq), db=db):
+                continue  # acked twice, or moved aside meanwhile: nothing to count
+            freed += size
+            count += 1
+            removed.append(seq)
+        self.counters.depth -= count
+        self.counters.size -= freed
+        return count
 
     def put_dead(self, record: bytes) -> None:
         seq = self.counters.next_dead_seq
@@ -153,12 +213,41 @@ class Group:
             self.counters.dead_size -= len(raw)
         return raw
 
-    def remember(self, key: bytes) -> None:
-        """Record a dedupe key until the end of the window (replacing an expired entry)."""
-        old = self.txn.replace(key, codec.encode_expiry(self.dedupe_expiry_ns), db=self.h.dedupe)
-        if old is not None:
-            self.txn.delete(codec.expiry_index_key(codec.decode_expiry(old), key), db=self.h.expiry)
-        self.txn.put(codec.expiry_index_key(self.dedupe_expiry_ns, key), b"", db=self.h.expiry)
+    def remember(self, keys: Sequence[bytes], *, ordered: bool = False) -> None:
+        """Record dedupe keys until the end of the window (replacing expired entries).
+
+        One ``putmulti`` in key order (``ordered``: they are sorted already); the expiry index gets
+        the keys at :meth:`finish`, in a few entries for the whole transaction. An older index
+        entry that still names a key is left alone: pruning it finds the key's later expiry in
+        ``dedupe`` and keeps the key.
+        """
+        if not keys:
+            return
+        if not ordered:
+            keys = sorted(keys)
+        self._dedupe().putmulti(zip(keys, repeat(codec.encode_expiry(self.dedupe_expiry_ns))))
+        self._remembered.extend(keys)
+
+    def _dedupe(self) -> lmdb.Cursor[bytes]:
+        if self._dedupe_cursor is None:
+            self._dedupe_cursor = self.txn.cursor(db=self.h.dedupe)
+        return self._dedupe_cursor
+
+    def _index_remembered(self) -> None:
+        # No sorting: pruning sorts an entry's keys itself. A key listed twice (a requeue of an
+        # event remembered in the same transaction) is found gone the second time.
+        keys, self._remembered = self._remembered, []
+        for start in range(0, len(keys), EXPIRY_ENTRY_KEYS):
+            chunk = keys[start : start + EXPIRY_ENTRY_KEYS]
+            index_key = codec.expiry_index_key(self.dedupe_expiry_ns, chunk[0])
+            value = codec.expiry_index_value(chunk)
+            if not self.txn.put(index_key, value, overwrite=False, db=self.h.expiry):
+                # The same expiry and first key were indexed already: by an earlier commit at the
+                # same clock reading (only a test clock stands still), or by a chunk of this one
+                # that listed the key too. Keep both lists.
+                old = self.txn.get(index_key, db=self.h.expiry) or b""
+                merged = set(codec.expiry_index_keys(index_key, old)) | set(chunk)
+                self.txn.put(index_key, codec.expiry_index_value(sorted(merged)), db=self.h.expiry)
 
     def prune_dedupe(self, now_ns: int, limit: int) -> int:
         """Forget up to ``limit`` keys that expired by ``now_ns``, oldest first."""
@@ -167,7 +256,9 @@ class Group:
         return removed
 
     def finish(self) -> None:
-        """Keep the dedupe set within its key limit, then persist the counters."""
+        """Index the keys remembered, keep the dedupe set within its key limit, persist the counters."""
+        if self._remembered:
+            self._index_remembered()
         if self.dedupe:
             over = self.txn.stat(self.h.dedupe)["entries"] - self.config.dedupe_max_keys
             if over > 0:
@@ -186,10 +277,16 @@ class Group:
             store_counters(self.txn, self.h, c)
 
     def _forget_oldest(self, limit: int, due: Callable[[int], bool]) -> int:
+        """Forget up to ``limit`` dedupe keys from the front of the expiry index while ``due``.
+
+        An entry's key whose stored expiry differs was remembered again since (a later entry
+        names it): it stays, and does not count. An entry only partly done keeps the rest.
+        """
         cursor = self.txn.cursor(db=self.h.expiry)
         removed = 0
-        if not cursor.first():
+        if limit <= 0 or not cursor.first():
             return 0
+        pop, put, dedupe = self.txn.pop, self.txn.put, self.h.dedupe
         while removed < limit:
             index_key = cursor.key()
             if not index_key:
@@ -197,12 +294,27 @@ class Group:
             if len(index_key) != 24:  # not ours; drop it rather than trip over it forever
                 cursor.delete()
                 continue
-            expiry, key = codec.split_expiry_index_key(index_key)
+            expiry, _first = codec.split_expiry_index_key(index_key)
             if not due(expiry):
                 break
+            keys = codec.expiry_index_keys(index_key, cursor.value())
+            keys.sort()  # the order of the dedupe B-tree
+            done = 0
+            for key in keys:
+                if removed >= limit:
+                    break
+                done += 1
+                # pop and, for the rare key remembered again since, put back: one read fewer for
+                # the usual case than get-then-delete.
+                value = pop(key, db=dedupe)
+                if value is None:
+                    continue
+                if codec.decode_expiry(value) != expiry:
+                    put(key, value, db=dedupe)
+                    continue
+                removed += 1
+            if done < len(keys):
+                put(index_key, codec.expiry_index_value(keys[done:]), db=self.h.expiry)
+                break
             cursor.delete()  # moves to the next entry
-            value = self.txn.get(key, db=self.h.dedupe)
-            if value is not None and codec.decode_expiry(value) == expiry:
-                self.txn.delete(key, db=self.h.dedupe)
-            removed += 1
         return removed

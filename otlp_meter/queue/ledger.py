@@ -17,8 +17,14 @@ from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("queue")
 
-SCHEMA_VERSION = b"1"
-"""Layout of the named databases below; bump it (with a migration) when the layout changes."""
+SCHEMA_VERSION = b"2"
+"""Layout of the named databases below; bump it (with a migration) when the layout changes.
+
+2: events in envelope 2 (:mod:`~otlp_meter.queue.codec`), multi-key expiry index entries.
+Everything schema 1 wrote is still read, so opening a schema-1 queue for writing only marks it 2
+(which keeps an older otlp-meter, which would take envelope-2 events for corrupt, out of it).
+"""
+_READABLE_SCHEMAS = (b"1", SCHEMA_VERSION)
 
 _SCHEMA_KEY = b"schema_version"
 _COUNTERS_KEY = b"counters"
@@ -32,10 +38,14 @@ _DB_NAMES = (b"events", b"dedupe", b"dedupe_expiry", b"dead", b"corrupt", b"stat
 class Handles:
     """The environment and its named databases.
 
-    ``events``  seq (8-byte big-endian) → envelope(QueuedEvent)
+    ``events``  seq (8-byte big-endian) → envelope 2 (13-byte header + the JSON), or envelope 1
+                (QueuedEvent) if written before schema 2
     ``dedupe``  16-byte (source, id) hash → expiry (8-byte big-endian Unix nanoseconds)
-    ``expiry``  expiry + hash → empty; the dedupe keys in expiry order, so pruning reads the front
-    ``dead``    dead seq → envelope(DeadLetter)
+    ``expiry``  expiry + first hash → the hashes that expire then, concatenated (one entry per
+                commit and up to 1024 keys); before schema 2, one entry per hash with an empty
+                value. Sorted by expiry, so pruning reads the front. An entry may name a hash
+                remembered again since with a later expiry: pruning checks ``dedupe`` first.
+    ``dead``    dead seq → envelope 1 (DeadLetter)
     ``corrupt`` the original key → the original bytes of a record that could not be decoded
     ``state``   callers' opaque keys (source cursors, cumulative-to-delta state)
     ``meta``    the queue's own keys: schema version and counters (apart from ``state`` so no
@@ -114,7 +124,8 @@ class Ledger:
     counters: Counters
     """The last counters this process committed or read (the writer re-reads them per transaction)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    leased: set[int] = field(default_factory=set)
+    leased: dict[int, int] = field(default_factory=dict)
+    """Leased sequence → bytes of its stored record, so an ack can delete without reading."""
     released: list[int] = field(default_factory=list)
     cursor: int = 0
     quarantining: set[bytes] = field(default_factory=set)
@@ -165,14 +176,15 @@ def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = Fal
                 dbs = [env.open_db(name, txn=txn) for name in _DB_NAMES]
             handles = Handles(env, *dbs)
             version = txn.get(_SCHEMA_KEY, db=handles.meta)
-            if version is None and not readonly:
-                txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)
-            elif version is not None and version != SCHEMA_VERSION:
+            if version is not None and version not in _READABLE_SCHEMAS:
                 raise StorageError(
                     f"the queue at {path} has schema version {version.decode(errors='replace')}; this "
-                    f"otlp-meter understands {SCHEMA_VERSION.decode()} (was it written by a newer one?)",
+                    f"otlp-meter understands {b', '.join(_READABLE_SCHEMAS).decode()} (was it written "
+                    "by a newer one?)",
                     retry_after=60.0,
                 )
+            if version != SCHEMA_VERSION and not readonly:  # a new queue, or one of schema 1
+                txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)
     except lmdb.Error as exc:
         env.close()
         raise StorageError(f"cannot open the queue at {path}: {exc}") from exc

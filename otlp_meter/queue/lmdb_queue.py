@@ -205,7 +205,11 @@ class LmdbQueue:
 
     async def ack(self, seqs: Sequence[int]) -> None:
         """Delete delivered events (one transaction). Works when the queue is full."""
-        await self._submit(AckOp(seqs=tuple(seqs)))
+        seqs = tuple(seqs)
+        with self._ledger.lock:  # what leasing read: the ack deletes without reading again
+            get = self._ledger.leased.get
+            sizes = [get(seq) for seq in seqs]
+        await self._submit(AckOp(seqs=seqs, sizes=sizes))
 
     async def dead_letter(self, items: Sequence[tuple[LeasedEvent, str]]) -> None:
         """Move leased events to the dead-letter store with a reason each (one transaction).
@@ -286,8 +290,7 @@ class LmdbQueue:
         ledger = self._ledger
         with ledger.lock:
             for seq in seqs:
-                if seq in ledger.leased:
-                    ledger.leased.remove(seq)
+                if ledger.leased.pop(seq, None) is not None:
                     heapq.heappush(ledger.released, seq)
 
     # -- reads --

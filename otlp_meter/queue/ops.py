@@ -61,48 +61,58 @@ class AppendOp(Op[AppendResult]):
         )
 
     def apply(self, g: Group) -> AppendResult:
-        seen: set[bytes] = set()
-        records: list[tuple[bytes | None, bytes]] = []
-        duplicates = 0
-        for event in self.events:
+        events = self.events
+        for event in events:
             if not event.id or not event.payload:
                 raise Refused(ValueError(f"an event needs an id and a payload: {event!r}"))
-            key = codec.event_dedupe_key(event.source, event.id) if g.dedupe else None
-            if key is not None:
-                if key in seen or g.is_duplicate(key):
-                    duplicates += 1
-                    continue
-                seen.add(key)
-            records.append((key, codec.encode_event(event, g.now_ns)))
-        dead: list[tuple[bytes | None, bytes]] = []
-        for rejection in self.rejected:
-            key = codec.rejection_dedupe_key(rejection) if g.dedupe else None
-            if key is not None:
-                if key in seen or g.is_duplicate(key):
-                    continue  # the same record was already dead-lettered by an earlier try
-                seen.add(key)
-            dead.append((key, codec.encode_dead_letter(codec.dead_record_for_rejection(rejection, g.now_ns))))
         for key in self.state:
             if not 0 < len(key) <= g.max_key_size:
                 raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
+        header = codec.event_header(g.now_ns)
+        remembered: list[bytes] = []
+        dead: list[bytes] = []
+        ordered = False
+        if g.dedupe:
+            # The whole request's keys are looked up at once (see Group.window).
+            keys = codec.event_dedupe_keys(events)
+            rejection_keys = [codec.rejection_dedupe_key(r) for r in self.rejected]
+            distinct, seen = g.window(keys + rejection_keys)
+            if not seen and len(distinct) == len(keys) + len(rejection_keys):
+                # The usual case: all new, no copies within the request either.
+                records = list(map(header.__add__, [e.payload for e in events]))
+                dead = [_rejection_letter(r, g.now_ns) for r in self.rejected]
+                remembered, ordered = distinct, True
+            else:
+                records = []
+                for event, key in zip(events, keys, strict=True):
+                    if key in seen:  # a copy: of one in the window, or of one earlier in this request
+                        continue
+                    seen.add(key)
+                    remembered.append(key)
+                    records.append(header + event.payload)
+                for rejection, key in zip(self.rejected, rejection_keys, strict=True):
+                    if key in seen:
+                        continue  # the same record was already dead-lettered by an earlier try
+                    seen.add(key)
+                    remembered.append(key)
+                    dead.append(_rejection_letter(rejection, g.now_ns))
+        else:
+            records = [header + event.payload for event in events]
+            dead = [_rejection_letter(rejection, g.now_ns) for rejection in self.rejected]
+        duplicates = len(events) - len(records)
 
-        keys = sum(1 for key, _ in records if key) + sum(1 for key, _ in dead if key)
-        g.check_room(sum(len(r) for _, r in records), sum(len(r) for _, r in dead), keys)
-        for key, record in records:
-            g.put_event(record)
-            if key is not None:
-                g.remember(key)
-        for key, record in dead:
+        g.check_room(sum(map(len, records)), sum(map(len, dead)), len(remembered))
+        g.put_events(records)
+        for record in dead:
             g.put_dead(record)
-            if key is not None:
-                g.remember(key)
+        g.remember(remembered, ordered=ordered)
         for key, value in self.state.items():
             if value is None:
                 g.txn.delete(key, db=g.h.state)
             else:
                 g.txn.put(key, value, db=g.h.state)
         g.deduplicated += duplicates
-        g.counters.accepted += len(self.events)
+        g.counters.accepted += len(events)
         g.counters.deduplicated += duplicates
         g.counters.records_rejected += len(dead)
         if records and self.loop is not None:
@@ -110,14 +120,20 @@ class AppendOp(Op[AppendResult]):
         return AppendResult(appended=len(records), deduplicated=duplicates, dead_lettered=len(dead))
 
 
+def _rejection_letter(rejection: Rejection, now_ns: int) -> bytes:
+    return codec.encode_dead_letter(codec.dead_record_for_rejection(rejection, now_ns))
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class AckOp(Op[None]):
+    """Delete delivered events. ``sizes`` (parallel to ``seqs``, None where unknown) are the bytes
+    of their records as leased: those are deleted without being read back first."""
+
     seqs: Sequence[int]
+    sizes: Sequence[int | None] = ()
 
     def apply(self, g: Group) -> None:
-        for seq in self.seqs:
-            if g.delete_event(seq):
-                g.counters.delivered += 1
+        g.counters.delivered += g.delete_events(self.seqs, self.sizes or [None] * len(self.seqs))
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -130,24 +146,26 @@ class DeadLetterOp(Op[None]):
         return sum(len(e.payload) + len(reason) + 64 for e, reason in self.items)
 
     def apply(self, g: Group) -> None:
-        moves: dict[int, bytes] = {}
+        moves: dict[int, tuple[int, bytes]] = {}  # seq → (bytes stored, dead letter)
         for event, reason in self.items:
-            if event.seq in moves or g.txn.get(codec.seq_key(event.seq), db=g.h.events) is None:
+            stored = None if event.seq in moves else g.txn.get(codec.seq_key(event.seq), db=g.h.events)
+            if stored is None:
                 continue  # already moved in this op, or acked meanwhile
+            source, id = codec.event_attributes(event.payload)
             dead = codec.DeadRecord(
                 kind="event",
-                source=event.source,
-                id=event.id,
+                source=source,
+                id=id,
                 payload=event.payload,
                 reason=reason[:MAX_REASON_CHARS],
                 attempts=1,
                 dead_unix_nano=g.now_ns,
                 rule="",
             )
-            moves[event.seq] = codec.encode_dead_letter(dead)
-        g.check_room(0, sum(len(r) for r in moves.values()))
-        for seq, record in moves.items():
-            g.delete_event(seq)
+            moves[event.seq] = (len(stored), codec.encode_dead_letter(dead))
+        g.check_room(0, sum(len(record) for _, record in moves.values()))
+        for seq, (size, record) in moves.items():
+            g.delete_event(seq, size)
             g.put_dead(record)
         g.counters.dead_lettered += len(moves)
 
@@ -222,50 +240,54 @@ class ReplayOp(Op[ReplayResult]):
         )
 
     def apply(self, g: Group) -> ReplayResult:
-        present: dict[int, None] = {}  # ordered, and a seq listed twice is taken once
-        freed = offered = duplicates = 0
-        seen: set[bytes] = set()
-        records: list[tuple[bytes | None, bytes]] = []
-        dead: list[tuple[bytes | None, bytes]] = []
+        present: dict[int, bytes] = {}  # ordered, and a seq listed twice is taken once
+        items: list[ReplayItem] = []
         for item in self.items:
             raw = g.txn.get(codec.seq_key(item.dead_seq), db=g.h.dead)
             if raw is None or item.dead_seq in present:
                 continue
-            present[item.dead_seq] = None
-            freed += len(raw)
-            offered += len(item.events)
-            for event in item.events:
-                key = codec.event_dedupe_key(event.source, event.id) if g.dedupe else None
-                # A requeued event is its own earlier copy: the window remembers it, and must not
-                # drop the deliberate re-send.
-                if key is not None and not item.requeue and (key in seen or g.is_duplicate(key)):
-                    duplicates += 1
-                    continue
-                if key is not None:
+            present[item.dead_seq] = raw
+            items.append(item)
+        freed = sum(map(len, present.values()))
+        offered = sum(len(item.events) for item in items)
+        header = codec.event_header(g.now_ns)
+        keys = [codec.event_dedupe_keys(item.events) if g.dedupe else [] for item in items]
+        # A requeued event is its own earlier copy: the window remembers it, and must not drop the
+        # deliberate re-send; so only the others are looked up.
+        _distinct, seen = g.window(
+            k for item, item_keys in zip(items, keys, strict=True) if not item.requeue for k in item_keys
+        )
+        remembered: list[bytes] = []
+        records: list[bytes] = []
+        dead: list[bytes] = []
+        for item, item_keys in zip(items, keys, strict=True):
+            for n, event in enumerate(item.events):
+                if item_keys:
+                    key = item_keys[n]
+                    if not item.requeue and key in seen:
+                        continue
                     seen.add(key)
-                records.append((key, codec.encode_event(event, g.now_ns)))
+                    remembered.append(key)
+                records.append(header + event.payload)
             if item.rejected:
-                first_dead_ns, attempts = _history(raw, g.now_ns)
+                first_dead_ns, attempts = _history(present[item.dead_seq], g.now_ns)
             for rejection in item.rejected:
-                key = codec.rejection_dedupe_key(rejection) if g.dedupe else None
+                if g.dedupe:
+                    remembered.append(codec.rejection_dedupe_key(rejection))
                 # Keeps when the record first died (replays map it with that time, so they stay
                 # deterministic) and counts the attempt.
                 letter = codec.dead_record_for_rejection(rejection, first_dead_ns)
                 letter = dataclasses.replace(letter, attempts=attempts + 1)
-                dead.append((key, codec.encode_dead_letter(letter)))
+                dead.append(codec.encode_dead_letter(letter))
+        duplicates = offered - len(records)
 
-        keys = sum(1 for key, _ in records if key) + sum(1 for key, _ in dead if key)
-        g.check_room(sum(len(r) for _, r in records), max(0, sum(len(r) for _, r in dead) - freed), keys)
+        g.check_room(sum(map(len, records)), max(0, sum(map(len, dead)) - freed), len(remembered))
         for seq in present:
             g.pop_dead(seq)
-        for key, record in records:
-            g.put_event(record)
-            if key is not None:
-                g.remember(key)
-        for key, record in dead:
+        g.put_events(records)
+        for record in dead:
             g.put_dead(record)
-            if key is not None:
-                g.remember(key)
+        g.remember(remembered)
         c = g.counters
         c.accepted += offered
         c.replayed += offered

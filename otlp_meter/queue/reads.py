@@ -7,7 +7,7 @@ import lmdb
 
 from otlp_meter.queue import codec
 from otlp_meter.queue.ledger import Handles
-from otlp_meter.queue.types import DeadLetterEntry, LeasedEvent
+from otlp_meter.queue.types import DeadLetterEntry
 
 
 def decode_or_none(raw: bytes | None) -> codec.QueuedRecord | None:
@@ -17,16 +17,6 @@ def decode_or_none(raw: bytes | None) -> codec.QueuedRecord | None:
         return codec.decode_event(raw)
     except codec.CorruptRecordError:
         return None
-
-
-def leased(seq: int, record: codec.QueuedRecord) -> LeasedEvent:
-    return LeasedEvent(
-        seq=seq,
-        source=record.source,
-        id=record.id,
-        payload=record.payload,
-        enqueued_at=record.enqueued_unix_nano / 1e9,
-    )
 
 
 def oldest_enqueued_at(txn: lmdb.Transaction[bytes], h: Handles) -> float | None:

@@ -222,7 +222,9 @@ class Writer:
             ledger.expired_dedupe_total += sum(op.removed for op in ops if isinstance(op, PruneOp))
             ledger.evicted_dedupe_total += group.evicted
             ledger.commits_total += 1
-            ledger.leased.difference_update(group.removed_seqs)
+            leased = ledger.leased
+            for seq in group.removed_seqs:
+                leased.pop(seq, None)
             ledger.quarantining.difference_update(group.quarantined)
             if any(refused is not None and refused.full for _, _, refused in outcomes):
                 ledger.full_at_size = group.counters.size

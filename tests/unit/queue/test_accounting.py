@@ -92,3 +92,43 @@ async def test_a_queue_written_before_the_totals_existed_starts_balanced(make_qu
     accounting = balanced(make_queue().stats())
 
     assert (accounting.accepted, accounting.records_rejected) == (5, 1)
+
+
+def stored_bytes(queue: LmdbQueue) -> int:
+    """The bytes of the ``events`` records as they are on disk, read one by one."""
+    h = queue._require_handles()
+    with h.env.begin() as txn:
+        return sum(len(value) for _, value in txn.cursor(db=h.events))
+
+
+async def test_acks_by_delete_keep_the_byte_counter_exact_whatever_was_acked(queue: LmdbQueue) -> None:
+    await queue.append(events(0, 8, size=120))
+    first = queue.lease(max_events=3, max_bytes=1 << 20)
+    queue.release([first[2].seq])  # released: its size is no longer at hand; the ack reads it
+    await queue.ack([e.seq for e in first])
+    assert queue.stats().bytes == stored_bytes(queue)
+
+    second = queue.lease(max_events=5, max_bytes=1 << 20)
+    await queue.dead_letter([(second[0], "HTTP 400")])
+    await queue.ack([second[0].seq, second[1].seq, second[1].seq, first[0].seq])  # gone ones: no-ops
+    await queue.ack([second[2].seq, 10_000])  # 10_000 was never stored
+
+    stats = queue.stats()
+    assert (stats.depth, stats.bytes, stats.leased) == (2, stored_bytes(queue), 2)
+    assert balanced(stats).delivered == 5
+
+
+async def test_an_ack_of_an_event_moved_aside_as_corrupt_counts_nothing(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    await queue.append(events(0, 2))
+    leased = queue.lease(max_events=2, max_bytes=1 << 20)
+    queue.close()
+    overwrite_event(queue, 2, b"garbage")
+    reopened = make_queue()
+    assert [e.id for e in reopened.lease(max_events=2, max_bytes=1 << 20)] == ["e-0"]  # e-1 moved aside
+
+    await reopened.ack([e.seq for e in leased])
+
+    stats = reopened.stats()
+    assert (stats.depth, stats.bytes) == (0, 0)
+    assert (balanced(stats).delivered, balanced(stats).corrupt) == (1, 1)

@@ -1,4 +1,5 @@
-"""The on-disk envelope: one version byte, then the protobuf record."""
+"""The on-disk envelopes: version 2 (a fixed header, then the JSON) for events, version 1 (protobuf)
+for dead letters and for events written before schema 2."""
 
 from __future__ import annotations
 
@@ -6,13 +7,54 @@ import pytest
 
 from otlp_meter.events import EncodedEvent
 from otlp_meter.queue import codec
+from otlp_meter.queue.proto import record_pb2
+
+PAYLOAD = b'{"specversion":"1.0","id":"i","source":"s","type":"t","data":{}}'
+
+
+def v1_event(source: str, id: str, payload: bytes, enqueued_unix_nano: int, attempts: int = 0) -> bytes:
+    """An ``events`` value as otlp-meter wrote it before schema 2."""
+    message = record_pb2.QueuedEvent(
+        source=source, id=id, payload=payload, enqueued_unix_nano=enqueued_unix_nano, attempts=attempts
+    )
+    return b"\x01" + message.SerializeToString()
 
 
 def test_an_event_record_round_trips() -> None:
-    raw = codec.encode_event(EncodedEvent(source="s", id="i", payload=b'{"a":1}'), enqueued_unix_nano=123)
+    raw = codec.encode_event(EncodedEvent(source="s", id="i", payload=PAYLOAD), enqueued_unix_nano=123)
 
-    assert raw[0] == codec.ENVELOPE_VERSION
-    assert codec.decode_event(raw) == codec.QueuedRecord("s", "i", b'{"a":1}', 123, 0)
+    assert raw[0] == codec.EVENT_ENVELOPE
+    assert codec.decode_event(raw) == codec.QueuedRecord(PAYLOAD, 123, 0)
+
+
+def test_an_event_record_is_a_13_byte_header_and_the_payload_as_sent() -> None:
+    raw = codec.encode_event(EncodedEvent("s", "i", PAYLOAD), enqueued_unix_nano=(1 << 63) + 5, attempts=7)
+
+    assert raw == b"\x02" + ((1 << 63) + 5).to_bytes(8, "big") + (7).to_bytes(4, "big") + PAYLOAD
+    assert codec.decode_event(raw) == codec.QueuedRecord(PAYLOAD, (1 << 63) + 5, 7)
+
+
+def test_an_event_record_of_envelope_1_is_still_read() -> None:
+    raw = v1_event("s", "i", PAYLOAD, enqueued_unix_nano=123, attempts=2)
+
+    assert codec.decode_event(raw) == codec.QueuedRecord(PAYLOAD, 123, 2)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\x02", b"\x02" + bytes(8), b"\x02" + bytes(12)],
+    ids=["version-only", "short-header", "no-payload"],
+)
+def test_an_envelope_2_event_without_header_or_payload_is_corrupt(raw: bytes) -> None:
+    with pytest.raises(codec.CorruptRecordError):
+        codec.decode_event(raw)
+
+
+def test_an_events_source_and_id_are_read_from_its_payload() -> None:
+    assert codec.event_attributes(PAYLOAD) == ("s", "i")
+    assert codec.event_attributes(b"not json") == ("", "")
+    assert codec.event_attributes(b'{"id":1}') == ("", "")
+    assert codec.event_attributes(b"[]") == ("", "")
 
 
 def test_a_dead_letter_round_trips() -> None:
@@ -23,7 +65,7 @@ def test_a_dead_letter_round_trips() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"\x02" + b"future", b"\x01\xff\xff\xff", b"\x01\x0a\x02\xff\xfe", b"\x01"],
+    [b"", b"\x03" + b"future" * 4, b"\x01\xff\xff\xff", b"\x01\x0a\x02\xff\xfe", b"\x01"],
     ids=["empty", "unknown-version", "bad-protobuf", "bad-utf8", "no-id"],
 )
 def test_undecodable_bytes_raise_corrupt_record_error(raw: bytes) -> None:
@@ -43,3 +85,26 @@ def test_sequence_keys_sort_in_numeric_order() -> None:
 def test_dedupe_keys_are_fixed_size_and_unambiguous() -> None:
     assert len(codec.event_dedupe_key("s" * 1000, "i" * 1000)) == 16
     assert codec.event_dedupe_key("ab", "c") != codec.event_dedupe_key("a", "bc")
+
+
+def test_dedupe_keys_are_the_ones_queues_have_always_stored() -> None:
+    # Computed by the per-update implementation of schema 1: a changed key would let a copy sent
+    # across an upgrade through the dedupe window.
+    assert codec.event_dedupe_key("//chat-api", "id-1").hex() == "3d18c7383fd13ff15ed365ef05cdad58"
+    assert codec.event_dedupe_key("", "x").hex() == "749b50613df3ec5e86ea0518045952e2"
+
+
+def test_dedupe_keys_of_a_request_match_the_keys_one_by_one() -> None:
+    events = [EncodedEvent(src, f"id-{n}", b"{}") for n in range(5) for src in ("a", "b", "")]
+
+    assert codec.event_dedupe_keys(events) == [codec.event_dedupe_key(e.source, e.id) for e in events]
+
+
+def test_an_expiry_index_entry_names_its_keys_in_either_format() -> None:
+    a, b = bytes(range(16)), bytes(range(16, 32))
+    index_key = codec.expiry_index_key(99, a)
+
+    assert codec.split_expiry_index_key(index_key) == (99, a)
+    assert codec.expiry_index_keys(index_key, b"") == [a]  # before schema 2: one key, empty value
+    assert codec.expiry_index_keys(index_key, codec.expiry_index_value([a, b])) == [a, b]
+    assert codec.expiry_index_keys(index_key, a + b + b"torn") == [a, b]

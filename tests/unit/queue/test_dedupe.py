@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from otlp_meter.queue import AppendResult, LmdbQueue
-from tests.unit.queue.conftest import FakeClock, QueueFactory, event, events
+import pytest
+
+from otlp_meter.queue import AppendResult, LmdbQueue, codec, lmdb_queue
+from tests.unit.queue.conftest import FakeClock, QueueFactory, event, events, rejection
 
 
 async def test_a_copy_within_the_same_append_is_stored_once(queue: LmdbQueue) -> None:
@@ -102,3 +104,96 @@ async def test_a_zero_window_disables_deduplication(make_queue: QueueFactory) ->
 
     assert result.appended == 2
     assert queue.stats().dedupe_keys == 0
+
+
+def expiry_entries(queue: LmdbQueue) -> list[tuple[int, int]]:
+    """(expiry, keys named) of each expiry index entry, in index order."""
+    h = queue._require_handles()
+    with h.env.begin() as txn:
+        return [
+            (codec.split_expiry_index_key(k)[0], len(codec.expiry_index_keys(k, v)))
+            for k, v in txn.cursor(db=h.expiry)
+        ]
+
+
+async def test_one_commit_indexes_its_keys_under_one_expiry_entry(queue: LmdbQueue) -> None:
+    await queue.append(events(0, 5), [rejection()])
+
+    assert [keys for _, keys in expiry_entries(queue)] == [6]
+    assert queue.stats().dedupe_keys == 6
+
+
+async def test_copies_within_an_append_and_across_appends_are_dropped_together(queue: LmdbQueue) -> None:
+    await queue.append(events(0, 3))
+
+    result = await queue.append([event(5), event(1), event(5), event(6), event(2), event(6)])
+
+    assert result == AppendResult(appended=2, deduplicated=4, dead_lettered=0)
+    assert [e.id for e in queue.lease(max_events=10, max_bytes=1 << 20)] == [
+        "e-0",
+        "e-1",
+        "e-2",
+        "e-5",
+        "e-6",
+    ]
+
+
+async def test_a_key_remembered_again_is_not_forgotten_with_its_older_entry(
+    make_queue: QueueFactory, clock: FakeClock
+) -> None:
+    queue = make_queue(dedupe_window="1h")
+    await queue.append(events(0, 3))
+    clock.advance(3601)  # the window of e-0..e-2 ended; nothing pruned yet
+    await queue.append(events(1, 2))  # e-1 again: appended, and remembered for another hour
+
+    assert await queue.prune_dedupe() == 2  # e-0 and e-2; the old entry's e-1 is not due
+    assert (await queue.append(events(0, 3))).deduplicated == 1
+    clock.advance(3601)
+    assert await queue.prune_dedupe() == 3
+    assert (queue.stats().dedupe_keys, expiry_entries(queue)) == (0, [])
+
+
+async def test_pruning_in_small_batches_keeps_the_rest_of_an_entry(
+    make_queue: QueueFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lmdb_queue, "PRUNE_BATCH", 2)
+    queue = make_queue(dedupe_window="1h")
+    await queue.append(events(0, 5))
+    clock.advance(3601)
+
+    assert await queue.prune_dedupe() == 5  # batches of 2, 2 and 1 out of one entry of 5
+
+    assert (queue.stats().dedupe_keys, queue.stats().expired_dedupe_total, expiry_entries(queue)) == (
+        0,
+        5,
+        [],
+    )
+
+
+async def test_eviction_takes_part_of_the_oldest_entry(make_queue: QueueFactory, clock: FakeClock) -> None:
+    queue = make_queue(dedupe_max_keys=4, dedupe_window="1h")
+    await queue.append(events(0, 3))
+    clock.advance(1)
+    await queue.append(events(3, 5))
+
+    stats = queue.stats()
+    assert (stats.dedupe_keys, stats.evicted_dedupe_total) == (4, 1)
+    assert [keys for _, keys in expiry_entries(queue)] == [2, 2]
+    # Which key of the oldest entry went is not specified; exactly one of e-0..e-2 is new again.
+    assert (await queue.append(events(0, 3))).appended == 1
+    clock.advance(7200)
+    assert await queue.prune_dedupe() == 4
+    assert expiry_entries(queue) == []
+
+
+async def test_a_restart_keeps_the_multi_key_entries_working(
+    make_queue: QueueFactory, clock: FakeClock
+) -> None:
+    queue = make_queue(dedupe_window="1h")
+    await queue.append(events(0, 4))
+    queue.close()
+    reopened = make_queue(dedupe_window="1h")
+
+    assert (await reopened.append(events(0, 4))).deduplicated == 4
+    clock.advance(3601)
+    assert await reopened.prune_dedupe() == 4
