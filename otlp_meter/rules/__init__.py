@@ -2,6 +2,7 @@
 
     model.py        what a rule file says (pydantic), and ``RulesConfig``
     views.py        one record with its resource and scope, and the caches rules share
+    attributes.py   OTLP attributes → plain values (through the protobuf API, or from bytes)
     paths.py        paths into a record, compiled to getter closures
     expressions.py  CEL expressions (``match.expr``, ``{expr: ...}``)
     values.py       ``as:`` coercions, event strings, RFC 3339 times

@@ -18,11 +18,20 @@ from typing import Any
 from otlp_meter.errors import ConfigError
 from otlp_meter.events import EncodedEvent
 from otlp_meter.rules import ids
-from otlp_meter.rules.codegen import ConditionPlan, FieldPlan, Read, Rejected, build_function, match_function
+from otlp_meter.rules.codegen import (
+    ConditionPlan,
+    FieldPlan,
+    Read,
+    Rejected,
+    Step,
+    build_function,
+    match_function,
+)
 from otlp_meter.rules.expressions import Expression, ExpressionError
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
-from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, getter_for, parse_path
+from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, parse_path
 from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, format_time, show
+from otlp_meter.rules.views import EVERY_KEY, Wanted
 
 Predicate = Callable[[RecordView], bool]
 Convert = Callable[[Any], Any]
@@ -44,6 +53,8 @@ class CompiledRule:
     metric_type: str | None = None
     origin: str = ""
     """Where the rule was defined, e.g. ``rules/genai.yaml rules[0]``."""
+    wanted: Wanted = EVERY_KEY
+    """The attribute keys the rule reads (the engine reads only those of every record)."""
 
     def accepts_metric(self, name: str, metric_type: str) -> bool:
         """Whether points of this metric can match (``match.metric`` / ``match.metric_type``)."""
@@ -62,6 +73,7 @@ class _Compiler:
         self.signal: RuleSignal = rule.match.signal
         self.where = where
         self.problems: list[tuple[str, str]] = []
+        self.keys: dict[str, set[str]] = {"record": set(), "resource": set(), "scope": set(), "body": set()}
 
     def problem(self, loc: Sequence[str | int], message: str) -> None:
         self.problems.append((yaml_path(loc, self.where), message))
@@ -99,9 +111,17 @@ class _Compiler:
                 specs.append(parse_path(text, self.signal))
             except PathError as exc:
                 self.problem(loc if isinstance(paths, str) else (*loc, i), str(exc))
-        if len(specs) == 1 and specs[0].source == "record":
-            return Read(attr=specs[0].key)  # the hot path: inlined as a dict lookup
-        return Read(get=getter_for(specs))
+        steps: list[Step] = []
+        for spec in specs:
+            if spec.fixed is not None:
+                steps.append(("get", spec.fixed))
+            else:  # the hot path: a key of an attribute dict, inlined as a lookup
+                steps.append((spec.source, spec.key))
+                self.keys[spec.source].add(spec.key)
+        return Read(tuple(steps))
+
+    def wanted(self) -> Wanted:
+        return Wanted(**{place: frozenset(keys) for place, keys in self.keys.items()})
 
     # -- match ------------------------------------------------------------------------------------
 
@@ -112,6 +132,8 @@ class _Compiler:
         if cond.regex is not None:
             return ConditionPlan(read, "call", _regex_test(re.compile(cond.regex).search))
         if cond.in_ is not None:
+            if all(isinstance(option, str) for option in cond.in_):
+                return ConditionPlan(read, "in_text", frozenset(cond.in_))
             return ConditionPlan(read, "call", _in_test(cond.in_))
         # Same kind only: text equals text, a number equals a number (1 == 1.0), a bool equals a bool.
         if isinstance(cond.equals, bool):
@@ -151,7 +173,7 @@ class _Compiler:
             convert = COERCIONS[spec.as_]
         if spec.expr is not None:
             expression = self.expression(spec.expr, (*loc, "expr"))
-            read = Read(get=expression.evaluate if expression is not None else _none)
+            read = Read((("get", expression.evaluate if expression is not None else _none),))
             missing = f"{label}: expression {spec.expr!r} is null"
         elif spec.path is None:
             try:
@@ -191,16 +213,22 @@ class _Compiler:
                     ns = v.record.time_unix_nano or v.record.observed_time_unix_nano or v.received_ns
                 else:
                     ns = v.point.time_unix_nano or v.received_ns
-                text = v.time_text = format_time(ns)
+                scope = v.scope
+                if scope.last_time_ns == ns:  # the points of a metric mostly share their time
+                    text = scope.last_time_text
+                else:
+                    text = scope.last_time_text = format_time(ns)
+                    scope.last_time_ns = ns
+                v.time_text = text
             return text
 
         rule_key = ids.rule_key(name)
 
         def default_id(v: RecordView) -> str:
-            return ids.event_id(v.log_hasher() if logs else v.point_hasher(), rule_key)
+            return ids.event_id(v.hasher(), rule_key)
 
         def builtin(label: str, get: Getter) -> FieldPlan:
-            return FieldPlan(label, Read(get=get), None, "call", get)
+            return FieldPlan(label, Read((("get", get),)), None, "call", get)
 
         loc = ("event",)
         head = (
@@ -251,6 +279,7 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
         metric_name=metric_name,
         metric_type=metric_type,
         origin=origin,
+        wanted=compiler.wanted(),
     )
 
 

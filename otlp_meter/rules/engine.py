@@ -30,7 +30,7 @@ from otlp_meter.rules.compile import CompiledRule, Rejected
 from otlp_meter.rules.delta import InitialValue, Load, StreamStates
 from otlp_meter.rules.loader import load_rules
 from otlp_meter.rules.model import RulesConfig
-from otlp_meter.rules.views import RecordView, ResourceState, ScopeState
+from otlp_meter.rules.views import LogView, PointView, RecordView, ResourceState, ScopeState, Wanted
 from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 
 _log = get_logger("rules")
@@ -122,6 +122,9 @@ class RulesEngine:
         self._log_rules = tuple(rule for rule in rules if rule.signal == "logs")
         self._metric_rules = tuple(rule for rule in rules if rule.signal == "metrics")
         self._metric_rules_by_kind: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        # Records are read for the attribute keys some rule of their signal reads, no others.
+        self._log_keys = Wanted.union(rule.wanted for rule in self._log_rules)
+        self._metric_keys = Wanted.union(rule.wanted for rule in self._metric_rules)
         self.memory_states = StreamStates(
             None, started_ns=time.time_ns() if started_ns is None else started_ns, max_streams=max_streams
         )
@@ -156,12 +159,12 @@ class RulesEngine:
         )
         rules = self._log_rules
         for resource_logs in request.resource_logs:
-            res = ResourceState(resource_logs)
+            res = ResourceState(resource_logs, self._log_keys)
             for scope_logs in resource_logs.scope_logs:
                 scope = ScopeState(res, scope_logs)
                 for record in scope_logs.log_records:
                     tally.records += 1
-                    view = RecordView(res, scope, record.attributes, received_at_ns)
+                    view = LogView(res, scope, received_at_ns)
                     view.record = record
                     _apply(rules, view, tally, _log_original)
         return tally.result()
@@ -199,7 +202,7 @@ class RulesEngine:
     ) -> None:
         initial_value = self.initial_value
         for resource_metrics in request.resource_metrics:
-            res = ResourceState(resource_metrics)
+            res = ResourceState(resource_metrics, self._metric_keys)
             for scope_metrics in resource_metrics.scope_metrics:
                 scope = ScopeState(res, scope_metrics)
                 for metric in scope_metrics.metrics:
@@ -215,7 +218,7 @@ class RulesEngine:
                         tally.unmatched += len(points)
                         if tally.unmatched_records is not None:
                             for point in points:
-                                view = RecordView(res, scope, point.attributes, received_at_ns)
+                                view = PointView(res, scope, received_at_ns)
                                 view.metric, view.metric_type, view.point = metric, metric_type, point
                                 tally.unmatched_records.append(_metric_original(view))
                         continue
@@ -224,15 +227,16 @@ class RulesEngine:
                         hasher = delta.metric_hasher(scope, metric, metric_type)
                     for point in points:
                         tally.records += 1
-                        view = RecordView(res, scope, point.attributes, received_at_ns)
+                        view = PointView(res, scope, received_at_ns)
                         view.metric = metric
                         view.metric_type = metric_type
                         view.metric_key = metric_key
                         if hasher is None:
                             view.point = point
                         else:
-                            key = delta.stream_key(hasher, point.attributes)
-                            converted, outcome = delta.to_delta(states, key, point, initial_value)
+                            kvs, attributes = delta.point_attributes(point)
+                            key = delta.stream_key(hasher, kvs)
+                            converted, outcome = delta.to_delta(states, key, point, initial_value, attributes)
                             tally.cumulative[outcome] = tally.cumulative.get(outcome, 0) + 1
                             if converted is None:
                                 continue

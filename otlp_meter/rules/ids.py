@@ -49,23 +49,26 @@ _LOGS = _frame(b"logs")
 _METRICS = _frame(b"metrics")
 
 
-def log_record_hasher(parent: hashlib.blake2b, record: LogRecord) -> hashlib.blake2b:
-    """A copy of a scope hasher extended with one log record.
+def log_record_bytes(record: LogRecord) -> bytes:
+    """What :func:`log_record_hasher` covers of a log record: the record serialized.
 
     When the record has its own ``time_unix_nano``, ``observed_time_unix_nano`` is left out: it is
     when *a collector* saw the record, and a record read twice (a file tailer restarting, an SDK
     re-emitting after a crash) must still be one event.
     """
-    hasher = parent.copy()
     observed = record.observed_time_unix_nano
     if observed and record.time_unix_nano:
         record.observed_time_unix_nano = 0
         try:
-            serialized = record.SerializeToString(deterministic=True)
+            return record.SerializeToString(deterministic=True)
         finally:
             record.observed_time_unix_nano = observed
-    else:
-        serialized = record.SerializeToString(deterministic=True)
+    return record.SerializeToString(deterministic=True)
+
+
+def log_record_hasher(parent: hashlib.blake2b, serialized: bytes) -> hashlib.blake2b:
+    """A copy of a scope hasher extended with one log record (``log_record_bytes(record)``)."""
+    hasher = parent.copy()
     hasher.update(_LOGS + _frame(serialized))
     return hasher
 
@@ -75,11 +78,16 @@ def metric_key(metric_name: str, metric_type: str) -> bytes:
     return _METRICS + _frame(metric_name.encode()) + _frame(metric_type.encode())
 
 
-def point_hasher(parent: hashlib.blake2b, metric_key: bytes, point: Message) -> hashlib.blake2b:
-    """A copy of a scope hasher extended with one metric data point and what names its series
-    (``metric_key(name, type)``)."""
+def point_bytes(point: Message) -> bytes:
+    """What :func:`point_hasher` covers of a data point: the point serialized."""
+    return point.SerializeToString(deterministic=True)
+
+
+def point_hasher(parent: hashlib.blake2b, metric_key: bytes, serialized: bytes) -> hashlib.blake2b:
+    """A copy of a scope hasher extended with one metric data point (``point_bytes(point)``) and
+    what names its series (``metric_key(name, type)``)."""
     hasher = parent.copy()
-    hasher.update(metric_key + _frame(point.SerializeToString(deterministic=True)))
+    hasher.update(metric_key + _frame(serialized))
     return hasher
 
 

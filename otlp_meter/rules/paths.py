@@ -10,9 +10,9 @@ as lists, kvlists as dicts, bytes as base64 text (what OTLP/JSON shows for ``byt
 timestamps as integer Unix nanoseconds.
 
 A :class:`~otlp_meter.rules.views.RecordView` is what a getter reads: one log record or one metric
-data point with its resource and scope. Attribute lists are indexed into a dict lazily, once per
-record (resource and scope: once per resource and scope), the first time a getter needs them.
-(``codegen.py`` inlines the most common getter, one record attribute, into the rule itself.)
+data point with its resource and scope. Attributes are read into dicts lazily, once per record
+(resource and scope: once per resource and scope), the first time something needs them.
+(``codegen.py`` inlines keyed paths, the common case, into the rule itself as dict lookups.)
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint, SummaryDataPoint
 
+from otlp_meter.rules.attributes import any_value
 from otlp_meter.rules.views import (
     DEFAULT_SOURCE,
     AttrMap,
@@ -31,9 +31,6 @@ from otlp_meter.rules.views import (
     RecordView,
     ResourceState,
     ScopeState,
-    any_value,
-    index,
-    lookup,
     whole_map,
 )
 
@@ -59,64 +56,42 @@ __all__ = [
 
 
 # --- getters -------------------------------------------------------------------------------------
-# An index maps key → KeyValue until a getter first reads the key; then the converted value replaces
-# the KeyValue, so later rules (and, for resource and scope, later records) reuse it. An empty
-# AnyValue converts to None, which reads the same as a missing key.
+# Keyed getters read the view's attribute dicts (see views.py: read once per record, resource and
+# scope). An empty AnyValue converts to None, which reads the same as a missing key. The compiled
+# rules do not call these: codegen.py inlines the same lookups; these serve ``compile_path``.
 
 
-def _record_attrs(v: RecordView) -> AttrMap:
+def _record_values(v: RecordView) -> AttrMap:
     d = v.attrs
-    if d is None:
-        d = v.attrs = index(v.kvs)
-    return d
+    return d if d is not None else v.values()
 
 
-def _resource_attrs(v: RecordView) -> AttrMap:
+def _resource_values(v: RecordView) -> AttrMap:
     d = v.res.attrs
-    return d if d is not None else v.res.attr_map()
+    return d if d is not None else v.res.values()
 
 
-def _scope_attrs(v: RecordView) -> AttrMap:
+def _scope_values(v: RecordView) -> AttrMap:
     d = v.scope.attrs
-    return d if d is not None else v.scope.attr_map()
+    return d if d is not None else v.scope.values()
 
 
-def _body_keys(v: RecordView) -> AttrMap:
+def _body_values(v: RecordView) -> AttrMap:
     d = v.body
-    if d is None:
-        body = v.record.body
-        kvs = body.kvlist_value.values if body.WhichOneof("value") == "kvlist_value" else ()
-        d = v.body = index(kvs)
-    return d
+    return d if d is not None else v.body_values()
 
 
-def _record_attr(keys: tuple[str, ...]) -> Getter:
-    if len(keys) > 1:
-
-        def get_first(v: RecordView) -> Any:
-            d = v.attrs
-            if d is None:
-                d = v.attrs = index(v.kvs)
-            return lookup(d, keys)
-
-        return get_first
-    key, kv_type = keys[0], KeyValue
-
-    def get(v: RecordView) -> Any:  # the hot path, inlined: one index, one key
-        d = v.attrs
-        if d is None:
-            d = v.attrs = index(v.kvs)
+def _first(d: AttrMap, keys: tuple[str, ...]) -> Any:
+    for key in keys:
         x = d.get(key)
-        if x.__class__ is kv_type:
-            x = d[key] = any_value(x.value)
-        return x
-
-    return get
+        if x is not None:
+            return x
+    return None
 
 
-def _keyed(index: Callable[[RecordView], AttrMap]) -> Callable[[tuple[str, ...]], Getter]:
+def _keyed(values: Callable[[RecordView], AttrMap]) -> Callable[[tuple[str, ...]], Getter]:
     def factory(keys: tuple[str, ...]) -> Getter:
-        return lambda v: lookup(index(v), keys)
+        return lambda v: _first(values(v), keys)
 
     return factory
 
@@ -162,16 +137,16 @@ def _point_bound(field: str) -> Getter:
     return get
 
 
-def _whole(attr_index: Callable[[RecordView], AttrMap]) -> Getter:
-    return lambda v: whole_map(attr_index(v)) or None
+def _record_whole(v: RecordView) -> Any:
+    return whole_map(v.kvs) or None
 
 
 _COMMON: dict[str, Getter] = {
     "scope.name": lambda v: v.scope.scope.name or None,
     "scope.version": lambda v: v.scope.scope.version or None,
-    "resource.attributes": _whole(_resource_attrs),
-    "scope.attributes": _whole(_scope_attrs),
-    "attributes": _whole(_record_attrs),
+    "resource.attributes": lambda v: v.res.whole() or None,
+    "scope.attributes": lambda v: v.scope.whole() or None,
+    "attributes": _record_whole,
 }
 _FIXED: dict[RuleSignal, dict[str, Getter]] = {
     "logs": {
@@ -181,7 +156,7 @@ _FIXED: dict[RuleSignal, dict[str, Getter]] = {
         "record.time": lambda v: v.record.time_unix_nano or None,
         "record.observed_time": lambda v: v.record.observed_time_unix_nano or None,
         "record.event_name": lambda v: v.record.event_name or None,
-        "record.attributes": _whole(_record_attrs),
+        "record.attributes": _record_whole,
     },
     "metrics": {
         "metric.name": lambda v: v.metric.name or None,
@@ -194,17 +169,17 @@ _FIXED: dict[RuleSignal, dict[str, Getter]] = {
         "point.max": _point_bound("max"),
         "point.start_time": lambda v: v.point.start_time_unix_nano or None,
         "point.time": lambda v: v.point.time_unix_nano or None,
-        "point.attributes": _whole(_record_attrs),
+        "point.attributes": _record_whole,
     },
 }
 # (prefix, source name, signals it is valid for, getter factory for one or more keys of the source)
 _PREFIXED: tuple[tuple[str, str, tuple[RuleSignal, ...], Callable[[tuple[str, ...]], Getter]], ...] = (
-    ("resource.attributes.", "resource", ("logs", "metrics"), _keyed(_resource_attrs)),
-    ("scope.attributes.", "scope", ("logs", "metrics"), _keyed(_scope_attrs)),
-    ("attributes.", "record", ("logs", "metrics"), _record_attr),
-    ("record.attributes.", "record", ("logs",), _record_attr),
-    ("point.attributes.", "record", ("metrics",), _record_attr),
-    ("record.body.", "body", ("logs",), _keyed(_body_keys)),
+    ("resource.attributes.", "resource", ("logs", "metrics"), _keyed(_resource_values)),
+    ("scope.attributes.", "scope", ("logs", "metrics"), _keyed(_scope_values)),
+    ("attributes.", "record", ("logs", "metrics"), _keyed(_record_values)),
+    ("record.attributes.", "record", ("logs",), _keyed(_record_values)),
+    ("point.attributes.", "record", ("metrics",), _keyed(_record_values)),
+    ("record.body.", "body", ("logs",), _keyed(_body_values)),
 )
 _FACTORIES = {source: factory for _, source, _, factory in _PREFIXED}
 

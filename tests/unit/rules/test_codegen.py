@@ -22,5 +22,5 @@ def test_keys_and_literals_are_data_never_code() -> None:
 def test_generated_source_is_available_for_debugging() -> None:
     compiled = engine(rule(match={"where": [{"path": "attributes.a", "exists": True}]})).rules[0]
     assert source_of(compiled.match).startswith("def match(v):")
-    assert "d.get(" in source_of(compiled.match)  # one attribute: an inlined lookup, no call
+    assert "a.get(K" in source_of(compiled.match)  # one attribute: an inlined lookup, no call
     assert source_of(compiled.build).startswith("def build(v):")
