@@ -7,7 +7,9 @@ They are plain immutable values with no behaviour so that every stage can depend
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+import orjson
 
 Signal = Literal["logs", "metrics", "events"]
 
@@ -23,6 +25,24 @@ class EncodedEvent(NamedTuple):
     source: str
     id: str
     payload: bytes
+
+
+def kept_bytes(payload: bytes) -> bytes:
+    """A copy of an ``orjson.dumps`` result in a buffer of its own size; use it for every payload
+    that is kept (events wait in memory for their queue commit).
+
+    orjson hands out the buffer it wrote into, which is far larger than a small result. Kept, each
+    result pins its buffer: 200,000 kept events of ~200 bytes took ~790 MiB of memory instead of
+    ~35 MiB, and every call needed fresh memory, which made it about four times slower (1.9 µs
+    instead of 0.5 µs per event, copy included). Copying costs ~0.1 µs and lets the next call reuse
+    the freed buffer.
+    """
+    return memoryview(payload).tobytes()
+
+
+def encode_payload(event: Any) -> bytes:
+    """An event's JSON as it is kept and sent (see :func:`kept_bytes`)."""
+    return memoryview(orjson.dumps(event)).tobytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     NumberDataPoint,
 )
 
+from otlp_meter.events import kept_bytes
 from otlp_meter.rules import compile_rule
 from otlp_meter.rules.attributes import any_value, read_attributes, select, value_of
-from otlp_meter.rules.codegen import tight
 from otlp_meter.rules.delta import KEY_PREFIX, point_attributes, stream_key
 from otlp_meter.rules.model import RuleModel
 from otlp_meter.rules.views import EVERY_KEY, NO_KEY, Wanted
@@ -199,7 +199,7 @@ def test_a_key_value_protobuf_sets_aside_is_still_read() -> None:
 
 def test_payload_bytes_are_a_copy_of_what_orjson_writes() -> None:
     payload = orjson.dumps({"a": [1, "é"]})
-    copied = tight(payload)
+    copied = kept_bytes(payload)
     assert copied == payload
     assert type(copied) is bytes
 
