@@ -38,9 +38,28 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    """User + system CPU time of process ``pid`` (all its threads) and of its descendants so far:
+    those running (the intake workers of ``service.workers``) and those it has reaped."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    own = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+    return own + sum(_cpu_or_zero(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The running child processes of ``pid`` (of all its threads)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return out
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:  # exited meanwhile (then its parent's cutime has it once reaped)
+        return 0.0
 
 
 def memory_status(pid: int) -> dict[str, float]:

@@ -8,7 +8,10 @@ CPU time (both threads: the caller's event loop and the queue's writer):
   dedupe on (the default window);
 * **append copies**: the same N events again: every one is found in the dedupe window;
 * **append, dedupe off**: N new events with ``dedupe_window: 0``, for scale;
-* **lease + ack**: lease G events at a time (as the exporter does) and ack them, until empty.
+* **lease + ack**: lease G events at a time (as the exporter does) and ack them, until empty;
+* **drain (exporter)**: with ``--drain``, the whole way out: the service's exporter (batches of
+  1000, 4 in flight, uvloop) posting to the suite's stub OpenMeter (another process) until the queue
+  is empty: lease, batch body, HTTP, ack, metrics. CPU of this process per event delivered.
 
 Each row reports the best and the median of ``runs`` runs, plus the bytes the ``events`` database
 takes per event against the JSON payload. The events are built here in the shape (and the ~240
@@ -25,9 +28,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from otlp_meter.events import EncodedEvent
 from otlp_meter.queue import LmdbQueue, QueueConfig
+
+DRAIN_TIMEOUT = 300.0
 
 
 def _events(count: int) -> list[EncodedEvent]:
@@ -64,7 +70,7 @@ async def _drain(queue: LmdbQueue, group: int) -> int:
         batch = queue.lease(group, 1 << 30)
         if not batch:
             return done
-        await queue.ack([e.seq for e in batch])
+        await queue.ack(batch.seqs)  # the exporter's way: the batch's list of seqs
         done += len(batch)
 
 
@@ -85,6 +91,25 @@ async def _cpu(step: Measured) -> float:
     started = time.process_time()
     await step()
     return time.process_time() - started
+
+
+async def _drain_exporter(queue: LmdbQueue, url: str, expected: int, delivered: Callable[[], int]) -> None:
+    """The service's exporter, as configured by default, until the stub has ``expected`` events."""
+    from otlp_meter.exporters.config import ExporterConfig, Target
+    from otlp_meter.exporters.delivery import Exporter
+    from otlp_meter.exporters.openmeter import OpenMeterSink
+    from otlp_meter.telemetry.metrics import Metrics
+
+    config = ExporterConfig()
+    sink = OpenMeterSink(Target("openmeter", f"{url}/api/v1/events"), 30.0, config.max_in_flight)
+    exporter = Exporter(queue, sink, config, Metrics())
+    exporter.start()
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while delivered() < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"drained {delivered()} of {expected} events")
+        await asyncio.sleep(0.005)
+    await exporter.stop(5.0)
 
 
 async def run_once(events: list[EncodedEvent], group: int, sync: bool) -> dict[str, float]:
@@ -115,16 +140,41 @@ async def run_once(events: list[EncodedEvent], group: int, sync: bool) -> dict[s
     return out
 
 
+async def drain_once(events: list[EncodedEvent], group: int, sync: bool, url: str, counted: Any) -> float:
+    """CPU seconds per event of the exporter draining ``events`` (appended first, not measured)."""
+    with tempfile.TemporaryDirectory(prefix="otlp-meter-queue-bench-") as tmp:
+        queue = _open(Path(tmp) / "d", sync)
+        try:
+            await _append_all(queue, events, group)
+            before = counted.value
+            cpu = await _cpu(lambda: _drain_exporter(queue, url, len(events), lambda: counted.value - before))
+            assert queue.stats().depth == 0
+        finally:
+            queue.close()
+    return cpu / len(events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--group", type=int, default=1000, help="events per append and per lease")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sync", action="store_true", help="queue.sync on (default off: CPU, not fsync)")
+    parser.add_argument("--drain", action="store_true", help="also the exporter's drain to a stub OpenMeter")
     args = parser.parse_args()
     events = _events(args.events)
     json_per_event = sum(len(e.payload) for e in events) / len(events)
     runs = [asyncio.run(run_once(events, args.group, args.sync)) for _ in range(args.runs)]
+    if args.drain:
+        import uvloop
+
+        from benchmarks.stub import StubOpenMeter
+
+        with StubOpenMeter() as stub:
+            for run in runs:
+                run["drain (exporter)"] = uvloop.run(
+                    drain_once(events, args.group, args.sync, stub.url, stub.counters.events)
+                )
     print(
         f"{args.events:,} events of {json_per_event:,.0f} B JSON, groups of {args.group}, "
         f"sync {'on' if args.sync else 'off'}, {args.runs} runs"

@@ -13,11 +13,12 @@ from typing import Any
 
 from otlp_meter import __version__
 from otlp_meter.admin import add_admin_commands
-from otlp_meter.config import Config, load_config
+from otlp_meter.config import Config, read_config_text
 from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import resolve_target
 from otlp_meter.rules.engine import RulesEngine
 from otlp_meter.telemetry.logging import configure_logging, get_logger
+from otlp_meter.workers import WORKER_COMMAND, ConfigDocument
 
 log = get_logger("cli")
 
@@ -72,8 +73,14 @@ def _add_rules_commands(sub: Any) -> None:
 
 
 def _load(path: Path | None) -> tuple[Config, RulesEngine]:
-    config = load_config(path, os.environ)
+    config, _ = _read(path)
     return config, RulesEngine.from_config(config.rules)
+
+
+def _read(path: Path | None) -> tuple[Config, ConfigDocument]:
+    """The config and the text it was parsed from (intake workers parse that same text)."""
+    document = ConfigDocument(read_config_text(path) if path is not None else "", path)
+    return document.parse(os.environ), document
 
 
 def check(path: Path | None) -> int:
@@ -93,7 +100,8 @@ def check(path: Path | None) -> int:
 
 def run(path: Path | None) -> int:
     try:
-        config, _ = _load(path)
+        config, document = _read(path)
+        RulesEngine.from_config(config.rules)  # invalid rules: a config error before anything starts
     except ConfigError as exc:
         configure_logging()
         log.error(
@@ -101,6 +109,10 @@ def run(path: Path | None) -> int:
         )
         return EXIT_CONFIG
     configure_logging(config.telemetry.logs.level, config.telemetry.logs.format)
+    if config.service.workers > 1:
+        # Workers are spawned by fork + exec: gRPC's fork handlers (for a fork that goes on running
+        # gRPC) have nothing to do, and would only log a line for each spawn. Read at import.
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from otlp_meter.service import Service  # imports grpc/uvicorn only when running
 
     async def main() -> None:
@@ -108,7 +120,7 @@ def run(path: Path | None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await Service(config).run(stop)
+        await Service(config, document=document).run(stop)
 
     try:
         import uvloop
@@ -129,6 +141,11 @@ def run(path: Path | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WORKER_COMMAND]:  # spawned by `run` with service.workers > 1; not for people
+        from otlp_meter.workers import worker_main
+
+        return worker_main(argv[1:])
     args = _parser().parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is not None:

@@ -28,11 +28,22 @@ _VALIDATOR_ERRORS = frozenset({"value_error", "assertion_error"})  # messages wr
 _MIN_REDACTED_LENGTH = 3  # shorter inputs ("1", "ab") are not secrets and would mangle messages
 
 
+MAX_WORKERS = 64
+"""Beyond this, more processes only contend for LMDB's single writer lock."""
+
+
 class ServiceConfig(Section):
     """Process lifecycle (the ``service:`` section)."""
 
     shutdown_timeout: Duration = Field(
         20.0, description="On SIGTERM: how long in-flight requests and deliveries may take before exit."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=MAX_WORKERS,
+        description="Processes taking intake: the main one plus workers - 1 intake workers sharing the "
+        "receivers' ports (SO_REUSEPORT) and the queue. One process still exports.",
     )
 
 
@@ -167,10 +178,21 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> Config:
     """
     if path is None:
         return parse_config({}, env, "<defaults>")
+    return parse_config_text(read_config_text(path), path, env)
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the config file at ``path``; ConfigError if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")], str(path)) from None
+
+
+def parse_config_text(text: str, path: Path, env: Mapping[str, str]) -> Config:
+    """Parse and validate ``text``, read from ``path`` (which names it in messages and anchors
+    relative rule files). Intake workers parse the text their primary read, not the file again:
+    an edit made since cannot make them run with another config."""
     try:
         document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:

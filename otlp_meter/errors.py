@@ -12,6 +12,7 @@
     └── RetryableError         the input is fine but cannot be taken now; carries retry_after (seconds)
         ├── QueueFullError     queue at its byte limit, or the disk is full
         ├── StorageError       LMDB failed for another reason
+        ├── StateConflictError another process changed the state an append was mapped against
         └── ShuttingDownError  intake is closed
 
 Receivers translate these into the status table in ``receivers/status.py``; nothing else picks
@@ -102,6 +103,11 @@ class QueueFullError(RetryableError):
 
 class StorageError(RetryableError):
     """LMDB failed for a reason other than space."""
+
+
+class StateConflictError(RetryableError):
+    """An append's ``expect`` did not hold: another process (an intake worker) committed state the
+    append was computed from since it was read. Nothing of the append was stored; map it again."""
 
 
 class ShuttingDownError(RetryableError):

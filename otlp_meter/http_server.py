@@ -47,13 +47,20 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def bind(endpoint: str) -> socket.socket:
-    """Bind and listen on ``endpoint``; raises OSError (e.g. address in use) right away."""
+def bind(endpoint: str, *, reuse_port: bool = False) -> socket.socket:
+    """Bind and listen on ``endpoint``; raises OSError (e.g. address in use) right away.
+
+    ``reuse_port``: SO_REUSEPORT, so that the intake workers (``service.workers``) listen on the
+    same port and the kernel spreads connections over them. Off otherwise: a second otlp-meter on
+    the port must fail to start, not share it silently.
+    """
     host, port = parse_endpoint(endpoint)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError:
@@ -162,6 +169,7 @@ class _QuietServer(uvicorn.Server):
 class HttpServer:
     """An ASGI app served by uvicorn on an already-bound socket, with ``limits`` and optional TLS.
 
+    ``reuse_port`` binds with SO_REUSEPORT (see :func:`bind`).
     ``name`` labels the ``server_connections_closed`` metric (otlp_http, events_api, telemetry).
     """
 
@@ -175,8 +183,10 @@ class HttpServer:
         tls: ServerTls | None = None,
         name: str = "http",
         metrics: Metrics | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        self._reuse_port = reuse_port
         self._app = app
         self._graceful_timeout = graceful_timeout
         self._limits = limits or ServerLimits()
@@ -194,7 +204,7 @@ class HttpServer:
         return str(host), int(port)
 
     async def start(self) -> None:
-        self._socket = bind(self.endpoint)
+        self._socket = bind(self.endpoint, reuse_port=self._reuse_port)
         tls = self._tls
         config = uvicorn.Config(
             self._app,

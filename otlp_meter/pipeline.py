@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-from otlp_meter.errors import ShuttingDownError
+from otlp_meter.errors import ShuttingDownError, StateConflictError
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue.lmdb_queue import LmdbQueue
 from otlp_meter.rules.delta import StreamStates
@@ -30,6 +30,13 @@ log = get_logger("pipeline")
 MAX_REASONS_IN_MESSAGE = 3
 _MAX_DETAIL = 300
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+STREAMS_GENERATION_KEY = b"pipeline/streams-generation"
+"""State key counting commits that changed cumulative stream state (8 bytes big-endian); outside
+the ``delta/`` prefix of stream keys and the ``source/`` prefix of source cursors."""
+MAX_STATE_CONFLICTS = 5
+"""Tries of one request whose stream state another process keeps changing; then it is refused
+(retryable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +74,16 @@ class Pipeline:
         self._open = True
         self._rejections = ThrottledLog(log, "records_dead_lettered")
         self._streams: StreamStates | None = None
+        self._streams_generation: bytes | None = None
+        """The streams generation stored in the queue when ``_streams`` was last known current."""
         # Cumulative-to-delta reads and advances per-stream state: mapping and committing one request
         # must finish before the next request's mapping reads that state.
         self._streams_lock = asyncio.Lock()
 
     def open_streams(self) -> None:
-        """Load cumulative stream state from the queue (call once, after the queue is open)."""
+        """Load cumulative stream state from the queue (after the queue is open; again to forget
+        what is cached, e.g. after another process changed it)."""
+        self._streams_generation = self._queue.get_state(STREAMS_GENERATION_KEY)
         self._streams = self._engine.stream_states(self._queue.get_state, self._clock_ns())
 
     def close_intake(self) -> None:
@@ -102,24 +113,61 @@ class Pipeline:
         self._check_open()
         if self._streams is None or not _has_cumulative(request):
             return await self._commit("metrics", self._engine.map_metrics(request, self._clock_ns()), state)
-        streams = self._streams
         async with self._streams_lock:
-            mapped = self._engine.map_metrics(request, self._clock_ns(), streams)
-            commit = asyncio.ensure_future(
-                self._commit("metrics", mapped, {**(state or {}), **mapped.state_updates})
+            for _attempt in range(MAX_STATE_CONFLICTS):
+                try:
+                    return await self._commit_cumulative(request, state)
+                except StateConflictError:
+                    log.debug("stream_state_conflict", action="reloading stream state and mapping again")
+            raise StateConflictError(
+                f"stream state kept changing under this request ({MAX_STATE_CONFLICTS} tries); retry",
+                retry_after=1.0,
             )
-            try:
-                return await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                # The caller went away; hold the lock until the commit settles either way.
-                await asyncio.wait([commit])
-                if (commit.cancelled() or commit.exception() is not None) and mapped.state_token is not None:
-                    streams.rollback(mapped.state_token)
-                raise
-            except BaseException:
-                if mapped.state_token is not None:
-                    streams.rollback(mapped.state_token)
-                raise
+
+    async def _commit_cumulative(
+        self, request: ExportMetricsServiceRequest, state: Mapping[bytes, bytes | None] | None
+    ) -> IngestResult:
+        """Map and commit one request with cumulative points (under the streams lock).
+
+        Another process appending to the same queue (an intake worker) may advance the same
+        streams: the cache is trusted only while the streams generation stored in the queue is the
+        one it was built at, and the append commits only if that still holds (else
+        StateConflictError, nothing stored, the cache reloaded).
+        """
+        generation = self._queue.get_state(STREAMS_GENERATION_KEY)
+        if generation != self._streams_generation or self._streams is None:
+            self.open_streams()  # read lazily from the queue from now on
+            generation = self._streams_generation
+        streams = self._streams
+        assert streams is not None
+        mapped = self._engine.map_metrics(request, self._clock_ns(), streams)
+        updates = {**(state or {}), **mapped.state_updates}
+        expect: dict[bytes, bytes | None] | None = None
+        if mapped.state_updates:
+            expect = {STREAMS_GENERATION_KEY: generation}
+            updates[STREAMS_GENERATION_KEY] = _next_generation(generation)
+        commit = asyncio.ensure_future(self._commit("metrics", mapped, updates, expect))
+        try:
+            result = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # The caller went away; hold the lock until the commit settles either way.
+            await asyncio.wait([commit])
+            if commit.cancelled() or commit.exception() is not None:
+                self._forget(streams, mapped.state_token)
+            raise
+        except BaseException:
+            self._forget(streams, mapped.state_token)
+            raise
+        if expect is not None:
+            self._streams_generation = updates[STREAMS_GENERATION_KEY]
+        return result
+
+    def _forget(self, streams: StreamStates, token: int | None) -> None:
+        """The append failed (or may have): memory must not keep what it did not commit."""
+        if token is not None:
+            streams.rollback(token)
+        # Whether it committed is unknown (or another process won): the next request compares the
+        # generation again, and reloads if it moved.
 
     async def ingest_events(
         self, events: Sequence[EncodedEvent], state: Mapping[bytes, bytes | None] | None = None
@@ -139,11 +187,15 @@ class Pipeline:
             raise ShuttingDownError("otlp-meter is shutting down", retry_after=5.0)
 
     async def _commit(
-        self, signal: str, mapped: MappingResult, state: Mapping[bytes, bytes | None] | None
+        self,
+        signal: str,
+        mapped: MappingResult,
+        state: Mapping[bytes, bytes | None] | None,
+        expect: Mapping[bytes, bytes | None] | None = None,
     ) -> IngestResult:
         if mapped.events or mapped.rejected or state:
             started = time.perf_counter()
-            appended = await self._queue.append(mapped.events, mapped.rejected, state or {})
+            appended = await self._queue.append(mapped.events, mapped.rejected, state or {}, expect=expect)
             self._append_duration.observe(time.perf_counter() - started)
             n_appended, n_dedup = appended.appended, appended.deduplicated
         else:
@@ -196,3 +248,8 @@ def _has_cumulative(request: ExportMetricsServiceRequest) -> bool:
                 ):
                     return True
     return False
+
+
+def _next_generation(generation: bytes | None) -> bytes:
+    current = int.from_bytes(generation, "big") if generation is not None and len(generation) == 8 else 0
+    return ((current + 1) % (1 << 64)).to_bytes(8, "big")

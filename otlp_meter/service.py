@@ -3,6 +3,10 @@
 Shutdown (SIGTERM/SIGINT): receivers stop accepting and finish in-flight requests, intake closes,
 the exporter gets the rest of the deadline for in-flight deliveries, the queue closes cleanly.
 Whatever was not delivered stays on disk and goes out after the next start.
+
+With ``service.workers`` > 1 this process is the *primary* and spawns intake workers
+(:mod:`otlp_meter.workers`); an intake worker is a ``Service`` built with ``worker=``: the same
+receivers, rules and pipeline on the same ports and queue, and no exporter, sources or telemetry.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from otlp_meter.sources.runner import PipelineSink, SourceRunner
 from otlp_meter.telemetry.health import Check, HealthService, ReadinessReport
 from otlp_meter.telemetry.logging import get_logger
 from otlp_meter.telemetry.metrics import Metrics
+from otlp_meter.telemetry.peers import REPORT_INTERVAL
 from otlp_meter.telemetry.server import telemetry_app
+from otlp_meter.workers import ConfigDocument, WorkerLink, WorkerPool
 
 log = get_logger("service")
 
@@ -51,10 +57,25 @@ def build_sink(target: Target, config: Config) -> Sink:
 
 
 class Service:
-    """One running otlp-meter. ``await run(stop)`` returns after a clean shutdown."""
+    """One running otlp-meter. ``await run(stop)`` returns after a clean shutdown.
 
-    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+    ``document``: the config as read (spawning intake workers needs it when ``service.workers`` >
+    1). ``worker``: run as an intake worker over this link to the primary.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str] | None = None,
+        *,
+        document: ConfigDocument | None = None,
+        worker: WorkerLink | None = None,
+    ) -> None:
         self.config = config
+        self.worker = worker
+        self._document = document
+        self._reuse_port = config.service.workers > 1
+        self.pool: WorkerPool | None = None
         self.metrics = Metrics(migration_aliases=config.telemetry.metrics.migration_aliases)
         self.engine = RulesEngine.from_config(config.rules)
         self.target = resolve_target(
@@ -65,7 +86,7 @@ class Service:
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
         self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)
         self.sources = SourceRunner(
-            build_sources(config.sources, observer=self.metrics.sources),
+            build_sources(config.sources, observer=self.metrics.sources) if worker is None else [],
             PipelineSink(self.pipeline, self.queue),
         )
         self._stopping = False
@@ -85,13 +106,15 @@ class Service:
         self._http_tls = self._tls(receivers.otlp.http.tls, "otlp_http", "receivers.otlp.http.tls")
         self._events_tls = self._tls(receivers.events_api.tls, "events_api", "receivers.events_api.tls")
         telemetry = config.telemetry
-        self.telemetry = HttpServer(
-            telemetry_app(self.metrics, self.readiness, self._auth("telemetry", telemetry.auth)),
-            telemetry.endpoint,
-            tls=self._tls(telemetry.tls, "telemetry", "telemetry.tls"),
-            name="telemetry",
-            metrics=self.metrics,
-        )
+        self.telemetry: HttpServer | None = None
+        if worker is None:
+            self.telemetry = HttpServer(
+                telemetry_app(self.metrics, self.readiness, self._auth("telemetry", telemetry.auth)),
+                telemetry.endpoint,
+                tls=self._tls(telemetry.tls, "telemetry", "telemetry.tls"),
+                name="telemetry",
+                metrics=self.metrics,
+            )
 
     @staticmethod
     def _tokens(config: AuthConfig, key: str) -> TokenSet | None:
@@ -108,17 +131,26 @@ class Service:
     def _on_append(self) -> None:
         if self.exporter is not None:
             self.exporter.notify()
+        elif self.worker is not None:
+            self.worker.wake()  # the primary's exporter
 
     def readiness(self) -> ReadinessReport:
         """Ready to take data: started and not stopping, every enabled receiver listening, the
-        queue open and below its limit. Served by /readyz and the gRPC health service."""
-        return ReadinessReport(
-            {
-                "lifecycle": self._lifecycle_check(),
-                "receivers": self._receivers_check(),
-                "queue": self._queue_check(),
-            }
-        )
+        queue open and below its limit, and every intake worker listening. Served by /readyz and
+        the gRPC health service (an intake worker answers the latter with its own readiness)."""
+        checks = {
+            "lifecycle": self._lifecycle_check(),
+            "receivers": self._receivers_check(),
+            "queue": self._queue_check(),
+        }
+        if self.config.service.workers > 1 and self.worker is None:
+            checks["workers"] = self._workers_check()
+        return ReadinessReport(checks)
+
+    def _workers_check(self) -> Check:
+        if self.pool is None:
+            return Check(False, "workers not started", {"expected": self.config.service.workers - 1})
+        return self.pool.check()
 
     def _lifecycle_check(self) -> Check:
         if self._stopping:
@@ -160,16 +192,48 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
-        self.queue.open()
+        # An intake worker writes next to its primary, which holds the owner lock and exports.
+        self.queue.open(owner=self.worker is None)
         self._queue_open = True
         self.pipeline.open_streams()
         self.metrics.observe_queue(self._queue_stats)
-        self.exporter = Exporter(self.queue, build_sink(self.target, cfg), cfg.exporter, self.metrics)
-        await self.telemetry.start()
+        if self.worker is not None:
+            await self.worker.open()
+        else:
+            self.exporter = Exporter(self.queue, build_sink(self.target, cfg), cfg.exporter, self.metrics)
+        if self.telemetry is not None:
+            await self.telemetry.start()
+        await self._start_receivers()
+        if self.worker is not None:
+            self._started = True
+            self.worker.send({"type": "ready", "pid": os.getpid()})
+            self.worker.report(self.metrics.snapshot, REPORT_INTERVAL)  # the primary's /metrics
+            log.info("worker_listening", pid=os.getpid(), **self._listening)
+            return
+        if cfg.service.workers > 1:
+            if self._document is None:
+                raise RuntimeError("service.workers > 1 needs the config document to spawn workers")
+            self.pool = WorkerPool(
+                cfg.service.workers - 1, self._document, self._listening, self._on_append, self.metrics
+            )
+            self.pool.start()
+        assert self.exporter is not None
+        self.exporter.start()
+        self.sources.start()
+        self._started = True
+        self._log_startup()
+
+    async def _start_receivers(self) -> None:
+        cfg = self.config
         otlp, events = cfg.receivers.otlp, cfg.receivers.events_api
         if otlp.grpc.enabled:
             self.grpc = OtlpGrpcReceiver(
-                otlp.grpc, self.core, self._auth("otlp_grpc"), self._grpc_tls, health=self.health
+                otlp.grpc,
+                self.core,
+                self._auth("otlp_grpc"),
+                self._grpc_tls,
+                health=self.health,
+                reuse_port=self._reuse_port,
             )
             await self.grpc.start()
             self._listening["otlp_grpc"] = self.grpc.address or otlp.grpc.endpoint
@@ -182,6 +246,7 @@ class Service:
                 tls=self._http_tls,
                 name="otlp_http",
                 metrics=self.metrics,
+                reuse_port=self._reuse_port,
             )
             await self.http.start()
             self._listening["otlp_http"] = _address(self.http)
@@ -196,12 +261,14 @@ class Service:
                 tls=self._events_tls,
                 name="events_api",
                 metrics=self.metrics,
+                reuse_port=self._reuse_port,
             )
             await self.events.start()
             self._listening["events_api"] = _address(self.events)
-        self.exporter.start()
-        self.sources.start()
-        self._started = True
+
+    def _log_startup(self) -> None:
+        cfg = self.config
+        assert self.telemetry is not None
         stats = self.queue.stats()
         log.info(
             "startup",
@@ -219,6 +286,7 @@ class Service:
             rules=len(self.engine.rule_names),
             sources=self.sources.names,
             exporter=self.target.describe(),
+            workers=cfg.service.workers,
         )
         if self.target.kind == "file":
             log.warning(
@@ -250,14 +318,21 @@ class Service:
             receivers.append(self.http.stop())
         if self.events is not None:
             receivers.append(self.events.stop())
+        if self.pool is not None:
+            # The workers stop taking data at the same time, and finish their in-flight requests
+            # (acknowledged only after the commit); the exporter runs on meanwhile.
+            receivers.append(self.pool.stop(max(0.0, deadline - time.monotonic())))
         await asyncio.gather(*receivers)
         self.pipeline.close_intake()
+        if self.worker is not None:
+            await self.worker.finish()  # the last metrics snapshot: every request is answered
         if self.exporter is not None:
             await self.exporter.stop(max(0.0, deadline - time.monotonic()))
         stats = self.queue.stats()
         self._queue_open = False
         self.queue.close()
-        await self.telemetry.stop()
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         log.info("shutdown_complete", queued_events=stats.depth, dead_letters=stats.dead_letters)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -284,7 +359,10 @@ class Service:
             await self.http.stop()
         if self.events is not None:
             await self.events.stop()
-        await self.telemetry.stop()
+        if self.pool is not None:
+            await self.pool.stop(self.config.service.shutdown_timeout)
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         if self.exporter is not None:
             await self.exporter.stop(0)
         self._queue_open = False

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from itertools import chain
 
 from otlp_meter.errors import RetryableError
 from otlp_meter.exporters.config import ExporterConfig
 from otlp_meter.exporters.retry import Backoff, Verdict, status_class
 from otlp_meter.exporters.sink import SendResult, Sink
-from otlp_meter.queue.lmdb_queue import LeasedEvent, LmdbQueue
+from otlp_meter.queue.lmdb_queue import LeasedBatch, LmdbQueue
 from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 from otlp_meter.telemetry.metrics import Metrics
 
@@ -73,7 +74,7 @@ class Exporter:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(config.max_in_flight)
-        self._in_flight: dict[asyncio.Task[None], list[LeasedEvent]] = {}
+        self._in_flight: dict[asyncio.Task[None], LeasedBatch] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._max_bytes = config.batch.max_bytes
 
@@ -115,7 +116,7 @@ class Exporter:
         # A delivery cancelled before its first step never ran its own cleanup. Releasing is a
         # no-op for events acked or dead-lettered meanwhile.
         for batch in in_flight.values():
-            self._queue.release([e.seq for e in batch])
+            self._queue.release(batch.seqs)
         await self._sink.close()
 
     # -- leasing ---------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Exporter:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
 
-    async def _next_batch(self) -> list[LeasedEvent]:
+    async def _next_batch(self) -> LeasedBatch:
         """Wait until a full batch is available or the oldest waiting event is ``flush_interval`` old."""
         loop = asyncio.get_running_loop()
         batch_size = self._config.batch.max_events
@@ -163,7 +164,7 @@ class Exporter:
                 await self._wait_wake(_RECHECK_INTERVAL)
                 continue
             await self._wait_wake(remaining)
-        return []
+        return LeasedBatch()
 
     async def _wait_wake(self, seconds: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -171,12 +172,12 @@ class Exporter:
 
     # -- delivering ------------------------------------------------------------------------------
 
-    async def _deliver(self, batch: list[LeasedEvent]) -> None:
+    async def _deliver(self, batch: LeasedBatch) -> None:
         name = self._sink.name
         started = time.perf_counter()
         self._metrics.exporter_batches_created.labels(name).inc()
         self._metrics.exporter_in_flight.labels(name).inc()
-        settled: set[int] = set()
+        settled: list[list[int]] = []  # the seqs of each part acked or dead-lettered (disjoint)
         try:
             await self._settle(batch, settled)
         except Stopping:
@@ -185,7 +186,7 @@ class Exporter:
             log.warning(
                 "exporter_queue_unavailable",
                 error=str(exc),
-                events=len(batch) - len(settled),
+                events=len(batch) - sum(map(len, settled)),
                 retry_in=self._config.retry.max_backoff,
             )
             await self._pause_quietly(self._config.retry.max_backoff)
@@ -193,8 +194,7 @@ class Exporter:
             log.exception("exporter_delivery_crashed", events=len(batch))
             await self._pause_quietly(self._config.retry.max_backoff)
         finally:
-            # Seqs are distinct within a batch: as many settled as leased means all were.
-            unsettled = [e.seq for e in batch if e.seq not in settled] if len(settled) < len(batch) else []
+            unsettled = _unsettled(batch, settled)
             if unsettled:
                 self._queue.release(unsettled)
                 self._wake.set()  # released events are available again; the leasing loop may be idle
@@ -202,12 +202,16 @@ class Exporter:
             self._metrics.exporter_batch_duration.labels(name).observe(time.perf_counter() - started)
             self._slots.release()
 
-    async def _settle(self, events: Sequence[LeasedEvent], settled: set[int]) -> None:
-        """Send ``events`` until each is acked or dead-lettered (or shutdown interrupts)."""
+    async def _settle(self, events: LeasedBatch, settled: list[list[int]]) -> None:
+        """Send ``events`` until each is acked or dead-lettered (or shutdown interrupts).
+
+        Per batch, not per event: the body is joined from the leased payloads as stored, the ack
+        takes the batch's list of seqs, and the accounting counts the batch.
+        """
         name = self._sink.name
         attempt = 0
         first_attempt = self._clock()
-        payloads = [e.payload for e in events]
+        payloads = events.payloads
         while True:
             if self._stop.is_set():
                 raise Stopping
@@ -218,9 +222,8 @@ class Exporter:
                 self._metrics.exporter_retries.labels(name).inc()
             attempt += 1
             if result.verdict is Verdict.DELIVERED:
-                seqs = [e.seq for e in events]
-                await self._queue.ack(seqs)
-                settled.update(seqs)
+                await self._queue.ack(events.seqs)
+                settled.append(events.seqs)
                 self._metrics.exporter_sent_events.labels(name).inc(len(events))
                 self._metrics.exporter_sent_batches.labels(name).inc()
                 self._metrics.exporter_last_success.labels(name).set(time.time())
@@ -269,7 +272,7 @@ class Exporter:
             log.warning("exporter_batch_bytes_reduced", max_bytes=smaller, previous=self._max_bytes)
             self._max_bytes = smaller
 
-    async def _isolate(self, events: Sequence[LeasedEvent], result: SendResult, settled: set[int]) -> None:
+    async def _isolate(self, events: LeasedBatch, result: SendResult, settled: list[list[int]]) -> None:
         """The server refused the batch: split it to deliver the good events and dead-letter the bad."""
         if len(events) == 1:
             reason = f"refused by OpenMeter with {result.status}: {result.detail}"
@@ -283,9 +286,9 @@ class Exporter:
         for half in (events[:middle], events[middle:]):
             await self._settle(half, settled)
 
-    async def _dead_letter(self, events: Sequence[LeasedEvent], reason: str, settled: set[int]) -> None:
+    async def _dead_letter(self, events: LeasedBatch, reason: str, settled: list[list[int]]) -> None:
         await self._queue.dead_letter([(e, reason) for e in events])
-        settled.update(e.seq for e in events)
+        settled.append(events.seqs)
         self._metrics.exporter_dead_lettered_events.labels(self._sink.name).inc(len(events))
 
     async def _pause(self, seconds: float) -> None:
@@ -309,3 +312,11 @@ class Exporter:
     async def _pause_quietly(self, seconds: float) -> None:
         with contextlib.suppress(Stopping):
             await self._pause(seconds)
+
+
+def _unsettled(batch: LeasedBatch, settled: list[list[int]]) -> list[int]:
+    """The seqs of ``batch`` in none of the ``settled`` parts (disjoint parts of it)."""
+    if sum(map(len, settled)) >= len(batch):
+        return []
+    done = set(chain.from_iterable(settled))
+    return [seq for seq in batch.seqs if seq not in done]

@@ -63,6 +63,7 @@ from otlp_meter.queue.types import (
     Accounting,
     AppendResult,
     DeadLetterEntry,
+    LeasedBatch,
     LeasedEvent,
     QueueStats,
     ReplayItem,
@@ -71,7 +72,7 @@ from otlp_meter.queue.types import (
 from otlp_meter.queue.writer import PRUNE_BATCH, Writer
 from otlp_meter.telemetry.logging import get_logger
 
-__all__ = ["AppendResult", "DeadLetterEntry", "LeasedEvent", "LmdbQueue", "QueueStats"]
+__all__ = ["AppendResult", "DeadLetterEntry", "LeasedBatch", "LeasedEvent", "LmdbQueue", "QueueStats"]
 
 _FULL_UNTIL_DRAINED = 0.9
 """After a refusal for lack of space, ``full`` holds until the bytes fall below this fraction."""
@@ -190,26 +191,32 @@ class LmdbQueue:
         events: Sequence[EncodedEvent],
         rejected: Sequence[Rejection] = (),
         state: Mapping[bytes, bytes | None] | None = None,
+        *,
+        expect: Mapping[bytes, bytes | None] | None = None,
     ) -> AppendResult:
         """Commit ``events`` (minus copies within the dedupe window), dead letters for ``rejected``
         and the ``state`` puts (``None`` deletes) in one synced transaction, then return.
 
-        Raises QueueFullError (byte limit, dead-letter limit, disk full), StorageError or
-        ShuttingDownError; then nothing of it was stored.
+        ``expect``: state values (None: absent) that must still be stored when the transaction
+        applies this append, whichever process wrote last; else StateConflictError.
+
+        Raises QueueFullError (byte limit, dead-letter limit, disk full), StorageError,
+        StateConflictError or ShuttingDownError; then nothing of it was stored.
         """
         if not events and not rejected and not state:
             return AppendResult(appended=0, deduplicated=0, dead_lettered=0)
         return await self._submit(
-            AppendOp(events=tuple(events), rejected=tuple(rejected), state=dict(state or {}))
+            AppendOp(
+                events=tuple(events),
+                rejected=tuple(rejected),
+                state=dict(state or {}),
+                expect=dict(expect or {}),
+            )
         )
 
     async def ack(self, seqs: Sequence[int]) -> None:
         """Delete delivered events (one transaction). Works when the queue is full."""
-        seqs = tuple(seqs)
-        with self._ledger.lock:  # what leasing read: the ack deletes without reading again
-            get = self._ledger.leased.get
-            sizes = [get(seq) for seq in seqs]
-        await self._submit(AckOp(seqs=seqs, sizes=sizes))
+        await self._submit(AckOp(seqs=tuple(seqs)))
 
     async def dead_letter(self, items: Sequence[tuple[LeasedEvent, str]]) -> None:
         """Move leased events to the dead-letter store with a reason each (one transaction).
@@ -262,20 +269,20 @@ class LmdbQueue:
 
     # -- leases (in memory, any thread) --
 
-    def lease(self, max_events: int, max_bytes: int) -> list[LeasedEvent]:
+    def lease(self, max_events: int, max_bytes: int) -> LeasedBatch:
         """The oldest events nobody holds: at most ``max_events``, at most ``max_bytes`` of payload,
-        but always at least one if any is available. Released events come first (they are older)."""
+        but always at least one if any is available. Released events come first (they are older).
+        A sequence of :class:`LeasedEvent`, with the parallel lists the exporter reads directly."""
+        out = LeasedBatch()
         if max_events <= 0:
-            return []
-        out: list[LeasedEvent] = []
+            return out
         corrupt: list[tuple[bytes, str]] = []
         ledger = self._ledger
         with ledger.lock:
             h = self._require_handles()
             with h.env.begin(db=h.events) as txn:
-                size = take_released(txn, ledger, out, max_events, max_bytes)
-                if size >= 0:
-                    take_fresh(txn, ledger, out, corrupt, max_events, max_bytes, size)
+                if take_released(txn, ledger, out, max_events, max_bytes):
+                    take_fresh(txn, ledger, out, corrupt, max_events, max_bytes)
             ledger.corrupt_total += len(corrupt)
             ledger.quarantining.update(key for key, _ in corrupt)
         if corrupt:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
+from otlp_meter.errors import StateConflictError
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue import codec
 from otlp_meter.queue.group import Group, Refused
@@ -47,11 +48,19 @@ class Op(Generic[T]):
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class AppendOp(Op[AppendResult]):
+    """Events, dead letters for rejected records and ``state`` puts (None deletes), atomically.
+
+    ``expect``: state values that must be stored when the op applies (None: absent), else it is
+    refused with StateConflictError before anything is written (optimistic concurrency between
+    processes appending to one queue; earlier ops of the same transaction count).
+    """
+
     grows: ClassVar[bool] = True
 
     events: Sequence[EncodedEvent]
     rejected: Sequence[Rejection] = ()
     state: Mapping[bytes, bytes | None] = field(default_factory=dict)
+    expect: Mapping[bytes, bytes | None] = field(default_factory=dict)
 
     def cost(self) -> int:
         return (
@@ -68,6 +77,9 @@ class AppendOp(Op[AppendResult]):
         for key in self.state:
             if not 0 < len(key) <= g.max_key_size:
                 raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
+        for key, expected in self.expect.items():
+            if g.txn.get(key, db=g.h.state) != expected:
+                raise Refused(StateConflictError(f"state {key!r} changed since it was read"))
         header = codec.event_header(g.now_ns)
         remembered: list[bytes] = []
         dead: list[bytes] = []
@@ -126,14 +138,16 @@ def _rejection_letter(rejection: Rejection, now_ns: int) -> bytes:
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class AckOp(Op[None]):
-    """Delete delivered events. ``sizes`` (parallel to ``seqs``, None where unknown) are the bytes
-    of their records as leased: those are deleted without being read back first."""
+    """Delete delivered events (any order; runs of consecutive ones, the usual batch, are deleted
+    with one cursor walk: see :meth:`Group.delete_events`)."""
 
     seqs: Sequence[int]
-    sizes: Sequence[int | None] = ()
+
+    def cost(self) -> int:
+        return 16 * len(self.seqs)
 
     def apply(self, g: Group) -> None:
-        g.counters.delivered += g.delete_events(self.seqs, self.sizes or [None] * len(self.seqs))
+        g.counters.delivered += g.delete_events(self.seqs)
 
 
 @dataclass(eq=False, slots=True, kw_only=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, overload
 
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue.codec import DeadLetterKind, event_attributes
@@ -47,6 +49,103 @@ class LeasedEvent(NamedTuple):
     def id(self) -> str:
         """The CloudEvents ``id`` (parsed from the payload; "" if it has none)."""
         return event_attributes(self.payload)[1]
+
+
+class LeasedBatch(Sequence[LeasedEvent]):
+    """What one :meth:`LmdbQueue.lease` hands out, as parallel lists (struct of arrays).
+
+    The exporter's path reads the lists: ``payloads`` are joined into the request body, ``seqs``
+    acked, with no object built per event (a tuple per event out, kept until its ack, was most of
+    the garbage collector's work during a drain). It is also a read-only sequence of
+    :class:`LeasedEvent` for everything else (dead letters, logs, tests), built on access.
+
+    ``runs`` maps positions to enqueue times without a value per event: ``(index, enqueued ns)``,
+    one entry wherever the time changes (events of one commit share it), ``index`` ascending.
+    The lists are filled by :mod:`otlp_meter.queue.leases` and must not be changed afterwards.
+    """
+
+    __slots__ = ("payload_bytes", "payloads", "runs", "seqs", "sizes")
+
+    def __init__(
+        self,
+        seqs: list[int] | None = None,
+        payloads: list[bytes] | None = None,
+        sizes: list[int] | None = None,
+        runs: list[tuple[int, int]] | None = None,
+    ) -> None:
+        self.seqs: list[int] = [] if seqs is None else seqs
+        self.payloads: list[bytes] = [] if payloads is None else payloads
+        self.sizes: list[int] = [] if sizes is None else sizes
+        """Bytes of each stored record (envelope included)."""
+        self.runs: list[tuple[int, int]] = [] if runs is None else runs
+        self.payload_bytes = sum(map(len, self.payloads))
+
+    @classmethod
+    def of(cls, events: Sequence[LeasedEvent]) -> LeasedBatch:
+        """A batch of ``events`` (in that order)."""
+        runs: list[tuple[int, int]] = []
+        for n, event in enumerate(events):
+            if not runs or runs[-1][1] != event.enqueued_unix_nano:
+                runs.append((n, event.enqueued_unix_nano))
+        return cls(
+            [e.seq for e in events], [e.payload for e in events], [e.stored_size for e in events], runs
+        )
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+    @overload
+    def __getitem__(self, index: int) -> LeasedEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LeasedBatch: ...
+
+    def __getitem__(self, index: int | slice) -> LeasedEvent | LeasedBatch:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self.seqs))
+            if step != 1:
+                return LeasedBatch.of([self[n] for n in range(start, stop, step)])
+            runs: list[tuple[int, int]] = []
+            first = self._run_at(start)
+            if stop > start and first >= 0:
+                runs.append((0, self.runs[first][1]))
+                runs += [(at - start, ns) for at, ns in self.runs[first + 1 :] if at < stop]
+            return LeasedBatch(self.seqs[start:stop], self.payloads[start:stop], self.sizes[start:stop], runs)
+        n = range(len(self.seqs))[index]  # IndexError, negative indexes
+        return LeasedEvent(self.seqs[n], self.payloads[n], self._enqueued(n), self.sizes[n])
+
+    def __iter__(self) -> Iterator[LeasedEvent]:
+        runs, next_run, enqueued = self.runs, 0, 0
+        for n, (seq, payload, size) in enumerate(zip(self.seqs, self.payloads, self.sizes, strict=True)):
+            while next_run < len(runs) and runs[next_run][0] <= n:
+                enqueued = runs[next_run][1]
+                next_run += 1
+            yield LeasedEvent(seq, payload, enqueued, size)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable lists inside, like a list
+
+    def __repr__(self) -> str:
+        return f"LeasedBatch({list(self)!r})"
+
+    def _run_at(self, n: int) -> int:
+        """Index in ``runs`` of the run that position ``n`` is in (-1: none)."""
+        return bisect_right(self.runs, n, key=_run_start) - 1
+
+    def _enqueued(self, n: int) -> int:
+        at = self._run_at(n)
+        return self.runs[at][1] if at >= 0 else 0
+
+
+def _run_start(run: tuple[int, int]) -> int:
+    return run[0]
 
 
 @dataclass(frozen=True, slots=True)

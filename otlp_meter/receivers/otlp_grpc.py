@@ -77,6 +77,7 @@ class OtlpGrpcReceiver:
     """The OTLP/gRPC server (``grpc.aio``, on the running loop) for the three OTLP services.
 
     ``port`` is the port actually bound once :meth:`start` returned (useful with ``host:0``).
+    ``reuse_port`` binds with SO_REUSEPORT, for the intake workers that share the port.
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class OtlpGrpcReceiver:
         auth: Authenticator | None = None,
         tls: ServerTls | None = None,
         health: HealthService | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._config = config
+        self._reuse_port = reuse_port
         self._core = core
         self._auth = auth
         self._tls = tls
@@ -109,7 +112,9 @@ class OtlpGrpcReceiver:
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # Shared only with our own intake workers (service.workers); otherwise a second
+                # otlp-meter on the port must fail to start rather than take half the traffic.
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 ("grpc.max_concurrent_streams", self._config.max_concurrent_streams),
             ]
         )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from otlp_meter.queue.types import QueueStats
     from otlp_meter.telemetry.metrics import Metrics
+    from otlp_meter.telemetry.peers import PeerMetrics
 
 
 def _gauge(declared: MetricSpec, value: float) -> GaugeMetricFamily:
@@ -84,12 +85,14 @@ def _describe(specs: Iterable[MetricSpec]) -> list[Metric]:
 class QueueCollector(Collector):
     """The queue's gauges and its durable ledger, from ``read()`` (``LmdbQueue.stats``) at scrape time.
 
-    Nothing is exposed while ``read`` returns None (the queue is not open yet).
+    Nothing is exposed while ``read`` returns None (the queue is not open yet). The grouped commits
+    are this process's, plus those the intake workers reported (``peers``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, peers: PeerMetrics | None = None) -> None:
         self.read: Callable[[], QueueStats | None] = lambda: None
         self.clock: Callable[[], float] = time.time
+        self._peers = peers
 
     def describe(self) -> list[Metric]:
         return _describe(_QUEUE_SPECS)
@@ -113,7 +116,7 @@ class QueueCollector(Collector):
             _gauge(spec.QUEUE_DEAD_CAPACITY, stats.dead_capacity_bytes),
             _gauge(spec.QUEUE_CORRUPT_HELD, stats.corrupt_records),
             _gauge(spec.QUEUE_DEDUPE_KEYS, stats.dedupe_keys),
-            _counter(spec.QUEUE_COMMITS, stats.commits_total),
+            _counter(spec.QUEUE_COMMITS, stats.commits_total + self._peer_commits()),
         ]
         ledger = stats.accounting
         if ledger is not None:
@@ -135,12 +138,17 @@ class QueueCollector(Collector):
             ]
         return families
 
+    def _peer_commits(self) -> float:
+        if self._peers is None:
+            return 0.0
+        return self._peers.total().counters.get(spec.QUEUE_COMMITS.family, {}).get((), 0.0)
+
 
 # How prometheus_client writes ``le`` values ("2.5e+08", "+Inf"), typed for the call sites.
 _go_float: Callable[[float], str] = floatToGoString
 
 
-def _total(instrument: MetricWrapperBase, suffix: str) -> float:
+def _total(instrument: Collector, suffix: str) -> float:
     """The sum over all label sets of one sample kind (``_total``, ``_count``) of an instrument."""
     return sum(
         sample.value
@@ -183,7 +191,7 @@ class AliasCollector(Collector):
         values = (
             (spec.ALIAS_BATCH_CREATED, created),
             (spec.ALIAS_BATCH_SENT, _total(m.exporter_sent_batches, "_total")),
-            (spec.ALIAS_BUFFER_RECEIVED, _total(m.queue_append_duration, "_count")),
+            (spec.ALIAS_BUFFER_RECEIVED, _total(m.everywhere(m.queue_append_duration), "_count")),
             (spec.ALIAS_BUFFER_SENT, created),
         )
         families: list[Metric] = [UnknownMetricFamily(d.name, d.help, value=v) for d, v in values]

@@ -185,10 +185,30 @@ class ConsoleFormatter(logging.Formatter):
         return redact(line)
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Route otlp_meter's logs (and uvicorn's/grpc's warnings) to ``stream`` in ``fmt``."""
+class _StaticFields(logging.Filter):
+    """Adds the same fields to every line (an intake worker's number)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self._static = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**self._static, **_fields(record)}
+        return True
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    fields: dict[str, Any] | None = None,
+) -> None:
+    """Route otlp_meter's logs (and uvicorn's/grpc's warnings) to ``stream`` in ``fmt``; ``fields``
+    are added to every line."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    if fields:
+        handler.addFilter(_StaticFields(dict(fields)))
     root = logging.getLogger(_ROOT)
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])

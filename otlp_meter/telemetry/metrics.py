@@ -4,13 +4,17 @@ Components receive a :class:`Metrics` instance (built on an injected registry, s
 as many as they like) and only touch its attributes; every instrument is made from its declaration
 in the spec, so names, help and labels cannot drift from the documentation. Label values stay
 low-cardinality: see the label table in ``docs/metrics.md``.
+
+The instruments of the intake (receivers, servers, rules, the queue's appends and commits) are
+*shared*: an intake worker sends their values to the primary (:meth:`Metrics.snapshot`), and the
+primary's registry collects them with the workers' values added (:mod:`otlp_meter.telemetry.peers`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,10 +24,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.registry import Collector
 
 from otlp_meter import __version__
 from otlp_meter.telemetry import spec
 from otlp_meter.telemetry.collectors import AliasCollector, QueueCollector, SourceMetrics
+from otlp_meter.telemetry.peers import PeerMetrics, Shape, Snapshot, WithPeers
 from otlp_meter.telemetry.spec import (
     BATCH_SIZE_BUCKETS,
     DELIVERY_BUCKETS,
@@ -89,26 +95,31 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # What every process measures of the intake: an intake worker reports its values to the
+        # primary (``snapshot``), which adds them to its own when scraped (``peers``).
+        self.peers = PeerMetrics()
+        self._shared: list[WithPeers] = []
         # Receivers and servers
-        self.receiver_accepted_records = _counter(spec.RECEIVER_ACCEPTED, r)
-        self.receiver_refused_records = _counter(spec.RECEIVER_REFUSED, r)
-        self.receiver_requests = _counter(spec.RECEIVER_REQUESTS, r)
-        self.receiver_request_size = _histogram(spec.RECEIVER_SIZE, r, SIZE_BUCKETS)
-        self.receiver_request_duration = _histogram(spec.RECEIVER_DURATION, r, LATENCY_BUCKETS)
-        self.receiver_auth_failures = _counter(spec.RECEIVER_AUTH, r)
-        self.receiver_limit_violations = _counter(spec.RECEIVER_LIMITS, r)
-        self.server_connections_closed = _counter(spec.SERVER_CLOSED, r)
-        self.tls_reloads = _counter(spec.TLS_RELOADS, r)
+        self.receiver_accepted_records = self._shared_counter(spec.RECEIVER_ACCEPTED)
+        self.receiver_refused_records = self._shared_counter(spec.RECEIVER_REFUSED)
+        self.receiver_requests = self._shared_counter(spec.RECEIVER_REQUESTS)
+        self.receiver_request_size = self._shared_histogram(spec.RECEIVER_SIZE, SIZE_BUCKETS)
+        self.receiver_request_duration = self._shared_histogram(spec.RECEIVER_DURATION, LATENCY_BUCKETS)
+        self.receiver_auth_failures = self._shared_counter(spec.RECEIVER_AUTH)
+        self.receiver_limit_violations = self._shared_counter(spec.RECEIVER_LIMITS)
+        self.server_connections_closed = self._shared_counter(spec.SERVER_CLOSED)
+        self.tls_reloads = self._shared_counter(spec.TLS_RELOADS)
         # Rules
-        self.rules_matched = _counter(spec.RULES_MATCHED, r)
-        self.rules_unmatched = _counter(spec.RULES_UNMATCHED, r)
-        self.rules_rejected = _counter(spec.RULES_REJECTED, r)
-        self.rules_cumulative_points = _counter(spec.RULES_CUMULATIVE, r)
+        self.rules_matched = self._shared_counter(spec.RULES_MATCHED)
+        self.rules_unmatched = self._shared_counter(spec.RULES_UNMATCHED)
+        self.rules_rejected = self._shared_counter(spec.RULES_REJECTED)
+        self.rules_cumulative_points = self._shared_counter(spec.RULES_CUMULATIVE)
         # Queue: what is measured in this process; its state and ledger are read at scrape time.
-        self.queue_append_duration = _histogram(spec.QUEUE_APPEND_DURATION, r, LATENCY_BUCKETS)
-        self.queue_commit_duration = _histogram(spec.QUEUE_COMMIT_DURATION, r, LATENCY_BUCKETS)
-        self.queue_commit_batch_size = _histogram(spec.QUEUE_COMMIT_BATCH, r, BATCH_SIZE_BUCKETS)
-        self._queue = QueueCollector()
+        self.queue_append_duration = self._shared_histogram(spec.QUEUE_APPEND_DURATION, LATENCY_BUCKETS)
+        self.queue_commit_duration = self._shared_histogram(spec.QUEUE_COMMIT_DURATION, LATENCY_BUCKETS)
+        self.queue_commit_batch_size = self._shared_histogram(spec.QUEUE_COMMIT_BATCH, BATCH_SIZE_BUCKETS)
+        self._queue = QueueCollector(self.peers)
+        self.peers.declare(spec.QUEUE_COMMITS.family, Shape("counter", 0))  # from queue.stats()
         r.register(self._queue)
         # Exporter
         self.exporter_batches_created = _counter(spec.EXPORTER_CREATED, r)
@@ -134,12 +145,46 @@ class Metrics:
         self.sources = SourceMetrics(self)
         """The ``SourceObserver`` to hand to sources: maps what they report onto the metrics above."""
         # Process
+        self.workers = _gauge(spec.WORKERS, r)
+        self.worker_exits = _counter(spec.WORKER_EXITS, r)
         _gauge(spec.BUILD_INFO, r).labels(__version__).set(1)
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
         if migration_aliases:
             r.register(AliasCollector(self))
+
+    def _shared_counter(self, declared: MetricSpec) -> Counter:
+        counter = Counter(declared.family, declared.help, declared.labels, registry=None)
+        self._share(WithPeers(counter, declared, self.peers))
+        return counter
+
+    def _shared_histogram(self, declared: MetricSpec, buckets: tuple[float, ...]) -> Histogram:
+        histogram = Histogram(declared.family, declared.help, declared.labels, buckets=buckets, registry=None)
+        self._share(WithPeers(histogram, declared, self.peers, buckets))
+        return histogram
+
+    def _share(self, collector: WithPeers) -> None:
+        self.registry.register(collector)
+        self._shared.append(collector)
+
+    def everywhere(self, instrument: Counter | Histogram) -> Collector:
+        """What the registry collects of ``instrument``: with the intake workers' values if shared."""
+        for shared in self._shared:
+            if shared.instrument is instrument:
+                return shared
+        return instrument
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's values of the shared instruments, as an intake worker reports them
+        (:mod:`otlp_meter.telemetry.peers`), with ``otlp_meter_queue_commits_total``."""
+        snapshot = Snapshot()
+        for shared in self._shared:
+            shared.own(snapshot)
+        stats = self._queue.read()
+        if stats is not None:
+            snapshot.counters[spec.QUEUE_COMMITS.family] = {(): float(stats.commits_total)}
+        return snapshot.to_message()
 
     def observe_queue(
         self, read: Callable[[], QueueStats | None], clock: Callable[[], float] = time.time

@@ -151,7 +151,11 @@ QUEUE_COMMIT_BATCH = _histogram(
     (),
     "Operations (appends, acks, dead letters) committed together in one grouped write transaction.",
 )
-QUEUE_COMMITS = _counter("queue_commits_total", (), "Grouped write transactions this process committed.")
+QUEUE_COMMITS = _counter(
+    "queue_commits_total",
+    (),
+    "Grouped write transactions committed since the service started (its intake workers' included).",
+)
 # -- queue: state at scrape time -----------------------------------------------------------------
 QUEUE_DEPTH = _gauge("queue_depth_events", (), "Events stored and not yet delivered.")
 QUEUE_SIZE = _gauge("queue_size_bytes", (), "Bytes of events stored and not yet delivered.")
@@ -313,6 +317,12 @@ SOURCE_GAUGE = _gauge(
     "Any other level a source reports, by gauge (for example pods_cached).",
 )
 # -- process -------------------------------------------------------------------------------------
+WORKERS = _gauge(
+    "workers", (), "Intake worker processes running and listening (service.workers - 1 when all are up)."
+)
+WORKER_EXITS = _counter(
+    "worker_exits_total", (), "Intake worker processes that exited while the service ran (each is restarted)."
+)
 BUILD_INFO = _gauge("build_info", ("version",), "Always 1; the version label names the running otlp-meter.")
 # Declared by prometheus_client's ProcessCollector and PlatformCollector; listed to be documented.
 PROCESS = _declare_all(

@@ -389,3 +389,29 @@ def test_the_strict_loader_reads_ordinary_yaml_like_safe_load(tmp_path: Path) ->
 
     assert (config.queue.directory, config.queue.sync) == (Path("/data"), False)
     assert config.exporter.file.path == Path("/data/out.jsonl")
+
+
+# -- service.workers ----------------------------------------------------------------------------------
+
+
+def test_one_process_takes_intake_unless_workers_says_more() -> None:
+    assert parse_config({}, {}).service.workers == 1
+    assert parse_config({"service": {"workers": "${WORKERS:-4}"}}, {}).service.workers == 4
+
+
+@pytest.mark.parametrize("workers", [0, -1, 65, 1.5, "many"])
+def test_workers_outside_1_to_64_are_refused_with_their_path(workers: Any) -> None:
+    assert "service.workers" in problems({"service": {"workers": workers}})
+
+
+def test_workers_parse_the_text_the_primary_read_not_the_file_again(tmp_path: Path) -> None:
+    from otlp_meter.workers import ConfigDocument
+
+    path = write(tmp_path, "service:\n  workers: 3\nrules:\n  files: [my.yaml]\n")
+    document = ConfigDocument(path.read_text(), path)
+    path.write_text("service:\n  workers: 1\n")  # edited after the primary started
+
+    config = document.parse({})
+
+    assert config.service.workers == 3
+    assert config.rules.files == [tmp_path / "my.yaml"]  # relative to the file, as when it was read

@@ -1,0 +1,238 @@
+"""Cumulative streams billed once when several processes (``service.workers``) share one queue.
+
+Each intake worker has its own pipeline and its own in-memory cache of stream state. A stream's
+points can land on any of them (a reconnect goes to another worker), so a cache may be stale: the
+pipeline trusts it only while the streams generation stored in the queue is the one it was built
+at, and its append commits only if that still holds. Here two pipelines on two ``LmdbQueue``
+objects over the same directory stand in for two processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+
+from otlp_meter.errors import StateConflictError
+from otlp_meter.events import EncodedEvent, Rejection
+from otlp_meter.pipeline import MAX_STATE_CONFLICTS, STREAMS_GENERATION_KEY, Pipeline
+from otlp_meter.queue import LmdbQueue, QueueConfig
+from otlp_meter.queue.types import AppendResult
+from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
+from otlp_meter.rules.delta import KEY_PREFIX
+from otlp_meter.sources.base import cursor_key
+from otlp_meter.telemetry.metrics import Metrics
+from tests.unit.rules.otlp import T0, metric, metrics_request
+
+SECOND = 1_000_000_000
+START = T0 - 3600 * SECOND
+RULE = {
+    "name": "requests",
+    "match": {"signal": "metrics", "metric": "api.requests"},
+    "event": {"type": "api", "subject": "acme", "data": {"n": {"path": "point.value", "as": "int"}}},
+}
+
+
+def cumulative(value: int, at: int) -> Any:
+    m = metric("api.requests", "sum", {"value": value, "start_time_unix_nano": START, "time_unix_nano": at})
+    m.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    return metrics_request(m)
+
+
+def queue_config(directory: Path) -> QueueConfig:
+    return QueueConfig.model_validate({"directory": directory, "sync": False})
+
+
+def pipeline_over(q: LmdbQueue) -> Pipeline:
+    rules = RulesConfig.model_validate(
+        {"packs": [], "inline": [RuleModel.model_validate(RULE)], "cumulative": {"initial_value": "keep"}}
+    )
+    pipeline = Pipeline(RulesEngine.from_config(rules), q, Metrics(), clock_ns=lambda: T0)
+    pipeline.open_streams()
+    return pipeline
+
+
+class OtherProcess:
+    """A pipeline in a process of its own (an intake worker) over the same queue directory.
+
+    LMDB environments are per process (py-lmdb refuses a second open of one path), exactly as the
+    service runs them; ``ingest`` sends it one cumulative point and waits for its answer.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(directory, child), daemon=True)
+        self._process.start()
+        assert self._conn.recv() == "ready"
+
+    async def ingest(self, value: int, at: int) -> None:
+        answer = await asyncio.to_thread(self._call, (value, at))
+        if answer != "ok":
+            raise AssertionError(f"the other process failed: {answer}")
+
+    def _call(self, message: tuple[int, int] | None) -> str:
+        self._conn.send(message)
+        return str(self._conn.recv())
+
+    def close(self) -> None:
+        self._call(None)
+        self._process.join(10)
+
+
+def _serve(directory: Path, conn: Connection) -> None:
+    async def main() -> None:
+        q = LmdbQueue(queue_config(directory))
+        q.open(owner=False)
+        pipeline = pipeline_over(q)
+        conn.send("ready")
+        while (message := await asyncio.to_thread(conn.recv)) is not None:
+            try:
+                await pipeline.ingest_metrics(cumulative(*message))
+                conn.send("ok")
+            except Exception as exc:  # reported to the test
+                conn.send(repr(exc))
+        q.close()
+        conn.send("closed")
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[Pipeline, LmdbQueue, OtherProcess]]:
+    """The primary's pipeline and queue (owner) here, a worker's pipeline in another process."""
+    primary = LmdbQueue(queue_config(tmp_path))
+    primary.open()
+    other = OtherProcess(tmp_path)
+    yield pipeline_over(primary), primary, other
+    other.close()
+    primary.close()
+
+
+def billed(q: LmdbQueue) -> list[int]:
+    leased = q.lease(1000, 1 << 30)
+    q.release([e.seq for e in leased])
+    return [orjson.loads(e.payload)["data"]["n"] for e in leased]
+
+
+def test_the_generation_key_cannot_collide_with_stream_or_source_keys() -> None:
+    assert not STREAMS_GENERATION_KEY.startswith(KEY_PREFIX)
+    assert not STREAMS_GENERATION_KEY.startswith(cursor_key("x", "y")[: len(b"source/")])
+
+
+async def test_points_of_one_stream_alternating_between_processes_are_billed_once(
+    two: tuple[Pipeline, LmdbQueue, OtherProcess],
+) -> None:
+    a, q, b = two
+    await a.ingest_metrics(cumulative(10, T0))
+    await b.ingest(15, T0 + SECOND)  # b never saw the stream: loads it
+    await a.ingest_metrics(cumulative(22, T0 + 2 * SECOND))  # a's cache says 10: stale
+    await b.ingest(22, T0 + 2 * SECOND)  # the same export, retried, lands on b
+    await a.ingest_metrics(cumulative(30, T0 + 3 * SECOND))
+    await b.ingest(31, T0 + 4 * SECOND)
+    assert billed(q) == [10, 5, 7, 8, 1]
+    assert sum(billed(q)) == 31, "the sum of the deltas is the counter's true increase"
+
+
+async def test_concurrent_commits_of_one_stream_bill_the_true_increase(
+    two: tuple[Pipeline, LmdbQueue, OtherProcess],
+) -> None:
+    a, q, b = two
+    await a.ingest_metrics(cumulative(10, T0))
+    await b.ingest(12, T0 + SECOND)
+    for n in range(2, 30, 2):
+        # Both may map against the same generation; whichever commits second conflicts, reloads
+        # the stream and maps again (its point may then be out of order: no event).
+        await asyncio.gather(
+            a.ingest_metrics(cumulative(10 + 5 * n, T0 + n * SECOND)),
+            b.ingest(10 + 5 * (n + 1), T0 + (n + 1) * SECOND),
+        )
+    # The last point is 10 + 5 * 29 at T0 + 29 s: every increase up to it billed exactly once.
+    assert sum(billed(q)) == 10 + 5 * 29
+
+
+async def test_the_same_point_sent_to_two_processes_at_once_is_billed_once(
+    two: tuple[Pipeline, LmdbQueue, OtherProcess],
+) -> None:
+    a, q, b = two
+    await a.ingest_metrics(cumulative(10, T0))
+    await b.ingest(10, T0)  # b loads the stream: a duplicate, nothing billed
+    for n in range(1, 10):
+        await asyncio.gather(
+            a.ingest_metrics(cumulative(10 + n, T0 + n * SECOND)), b.ingest(10 + n, T0 + n * SECOND)
+        )
+    assert billed(q) == [10] + [1] * 9
+
+
+async def test_one_process_pays_no_reload_for_its_own_commits(tmp_path: Path) -> None:
+    q = LmdbQueue(queue_config(tmp_path))
+    q.open()
+    pipeline = pipeline_over(q)
+    reads: list[bytes] = []
+    get_state = q.get_state
+
+    def counting(key: bytes) -> bytes | None:
+        reads.append(key)
+        return get_state(key)
+
+    q.get_state = counting  # type: ignore[method-assign]
+    await pipeline.ingest_metrics(cumulative(10, T0))
+    reads.clear()
+    await pipeline.ingest_metrics(cumulative(15, T0 + SECOND))
+    assert reads == [STREAMS_GENERATION_KEY], "one extra read per commit with stream state; no reload"
+    assert billed(q) == [10, 5]
+    q.close()
+
+
+class ContendedQueue(LmdbQueue):
+    """Another process changes the stream state between every read and every append."""
+
+    async def append(
+        self,
+        events: Sequence[EncodedEvent],
+        rejected: Sequence[Rejection] = (),
+        state: Mapping[bytes, bytes | None] | None = None,
+        *,
+        expect: Mapping[bytes, bytes | None] | None = None,
+    ) -> AppendResult:
+        if expect:
+            other = (int.from_bytes(self.get_state(STREAMS_GENERATION_KEY) or b"", "big") + 7).to_bytes(
+                8, "big"
+            )
+            await super().append((), (), {STREAMS_GENERATION_KEY: other})
+        return await super().append(events, rejected, state, expect=expect)
+
+
+async def test_a_request_that_keeps_conflicting_is_refused_retryably_with_nothing_stored(
+    tmp_path: Path,
+) -> None:
+    q = ContendedQueue(queue_config(tmp_path))
+    q.open()
+    pipeline = pipeline_over(q)
+    with pytest.raises(StateConflictError) as refused:
+        await pipeline.ingest_metrics(cumulative(10, T0))
+    assert str(MAX_STATE_CONFLICTS) in str(refused.value)
+    assert billed(q) == []
+    q.close()
+
+
+async def test_the_queue_refuses_an_append_whose_expectation_no_longer_holds(tmp_path: Path) -> None:
+    q = LmdbQueue(queue_config(tmp_path))
+    q.open()
+    event = EncodedEvent(id="1", source="s", payload=b'{"id":"1","source":"s"}')
+    await q.append((), (), {b"k": b"1"})
+    with pytest.raises(StateConflictError):
+        await q.append([event], (), {b"k": b"2"}, expect={b"k": None})
+    assert q.get_state(b"k") == b"1"
+    assert billed(q) == []
+    result = await q.append([event], (), {b"k": b"2"}, expect={b"k": b"1"})
+    assert result.appended == 1
+    assert q.get_state(b"k") == b"2"
+    q.close()
