@@ -23,6 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from otlp_meter.events import EncodedEvent, kept_bytes
+from otlp_meter.rules.values import show
 from otlp_meter.rules.views import RecordView
 
 Getter = Callable[[RecordView], Any]
@@ -166,6 +167,19 @@ def match_function(
     else:
         body.append("    return True")
     return w.function("match", body)
+
+
+def reject_function(reason: Read, missing: str) -> Callable[[RecordView], EncodedEvent | None]:
+    """``build(view)`` of a rule that dead-letters what it takes: always :class:`Rejected`, with the
+    reason read (its text; ``missing`` when there is no value)."""
+    w = _Writer()
+    w.names.update(Rejected=Rejected, show=show, MISSING=missing)
+    w.read(reason, "reason", "    ")
+    body = [
+        *w.lines,
+        "    raise Rejected(MISSING if reason is None else reason if type(reason) is str else show(reason))",
+    ]
+    return w.function("reject", body)
 
 
 def build_function(

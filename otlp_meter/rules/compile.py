@@ -26,6 +26,7 @@ from otlp_meter.rules.codegen import (
     Step,
     build_function,
     match_function,
+    reject_function,
 )
 from otlp_meter.rules.expressions import Expression, ExpressionError
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
@@ -196,11 +197,21 @@ class _Compiler:
         if spec.optional:
             if fallback is not None:
                 return FieldPlan(label, read, convert, "call", fallback)
-            return FieldPlan(label, read, convert, "omit" if loc[1] in ("data", "data_from") else "skip")
+            in_data = loc[1:2] in (("data",), ("data_from",))
+            return FieldPlan(label, read, convert, "omit" if in_data else "skip")
         return FieldPlan(label, read, convert, "reject", missing)
+
+    def reject(self) -> Callable[[RecordView], EncodedEvent | None]:
+        """``build`` of a ``reject`` rule: always :class:`Rejected`, with the reason it reads."""
+        spec = self.rule.reject
+        assert spec is not None
+        plan = self.field(spec, ("reject",), None)
+        missing = plan.fallback if plan.missing == "default" else "rejected by the rule"
+        return reject_function(plan.read, missing)
 
     def build(self) -> Callable[[RecordView], EncodedEvent | None]:
         event, name = self.rule.event, self.rule.name
+        assert event is not None
         logs = self.signal == "logs"
 
         def default_source(v: RecordView) -> str:
@@ -267,7 +278,7 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
     metric_name, metric_type = compiler.metric_filter()
     conditions = [compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)]
     expression = compiler.match_expression()  # after the paths: they are the cheap filter
-    build = compiler.build()
+    build = compiler.build() if rule.event is not None else compiler.reject()
     if compiler.problems:
         raise ConfigError(compiler.problems, source=source)
     return CompiledRule(

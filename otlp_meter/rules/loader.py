@@ -57,7 +57,9 @@ def _with_subject(rules: list[RuleModel], subject: FieldSpec | None) -> list[Rul
     if subject is None:
         return rules
     return [
-        rule.model_copy(update={"event": rule.event.model_copy(update={"subject": subject})})
+        rule
+        if rule.event is None
+        else rule.model_copy(update={"event": rule.event.model_copy(update={"subject": subject})})
         for rule in rules
     ]
 

@@ -206,7 +206,18 @@ class RuleModel(Section):
         False, alias="continue", description="Keep evaluating later rules after this one matched."
     )
     match: MatchModel = Field(description="Which records this rule takes.")
-    event: EventModel = Field(description="The event to make.")
+    event: EventModel | None = Field(None, description="The event to make (or ``reject``).")
+    reject: FieldValue | None = Field(
+        None,
+        description="Instead of an event: dead-letter every record the rule takes, with this reason "
+        "(a literal, a path or an expression).",
+    )
+
+    @model_validator(mode="after")
+    def _event_or_reject(self) -> RuleModel:
+        if (self.event is None) == (self.reject is None):
+            raise ValueError("a rule needs exactly one of 'event' (make an event) or 'reject' (dead-letter)")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -126,7 +126,9 @@ def test_every_preset_and_custom_rules(chart: helm.Chart, tmp_path: Path) -> Non
     kube = config.sources.kubernetes
     assert kube is not None
     assert (kube.interval, kube.cluster_wide, kube.exclude_namespaces) == (60, False, ["kube-system"])
-    assert config.rules.inline[0].event.subject.value == "node-1"  # NODE_NAME from the downward API
+    event = config.rules.inline[0].event
+    assert event is not None
+    assert event.subject.value == "node-1"  # NODE_NAME from the downward API
     assert config.exporter.batch.max_events == 500
     assert str(config.queue.directory) == "/var/lib/otlp-meter", "the chart owns queue.directory"
     assert bundle.container_port("events")["hostPort"] == 8080

@@ -179,13 +179,12 @@ async def test_invalid_cloudevents_are_dead_lettered_and_the_valid_ones_still_co
     harness.s3.put(harness.bucket, "ce.jsonl", jsonl(good, bad, {**good, "id": "e3"}) + b"oops\n")
     await harness.read_all(format="cloudevents")
     assert [e["id"] for e in harness.events()] == ["e1", "e3"]
-    failed = "type: expression failed: no such key"
     assert harness.dead() == [
-        ("s3-unreadable-row", f"{failed} 'ce.jsonl line 2: invalid CloudEvent: subject is required'"),
+        ("s3-unreadable-row", "ce.jsonl line 2: invalid CloudEvent: subject is required"),
         (
             "s3-unreadable-row",
-            f"{failed} 'ce.jsonl line 4: invalid JSON: unexpected character, expected a JSON value: "
-            "line 1 column 1 (char 0)'",
+            "ce.jsonl line 4: invalid JSON: unexpected character, expected a JSON value: "
+            "line 1 column 1 (char 0)",
         ),
     ]
     assert [r[0] for r in harness.sink.calls] == ["events", "logs", "events", "logs"]
@@ -205,11 +204,11 @@ async def test_unreadable_rows_are_dead_lettered_with_key_and_line_and_the_rest_
     ]
     [unreadable, no_type, wrong_fields] = harness.dead()
     assert unreadable[0] == "s3-unreadable-row"
-    assert "'u/a.jsonl line 2: invalid JSON: " in unreadable[1]
+    assert unreadable[1].startswith("u/a.jsonl line 2: invalid JSON: ")
     assert no_type == ("s3-usage-row", "type: no value at record.body.type | record.body.event_type")
     assert wrong_fields == (
         "s3-unreadable-row",
-        "type: expression failed: no such key 'u/b.csv line 3: 2 fields, the header has 3'",
+        "u/b.csv line 3: 2 fields, the header has 3",
     )
     assert source.stats.counts == {"rows": 3, "rows_unreadable": 1, "objects_completed": 1}
     [dead] = [d for d in harness.sink.dead() if d.rule == "s3-usage-row"]
