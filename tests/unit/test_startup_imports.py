@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("kubernetes_asyncio", "aiohttp", "boto3", "botocore", "s3transfer", "cel")
+HEAVY = ("kubernetes_asyncio", "aiohttp", "boto3", "botocore", "s3transfer", "cel", "rich", "pygments")
 
 PROBE = """
 import json, sys
