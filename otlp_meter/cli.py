@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,7 @@ def run(path: Path | None) -> int:
         RulesEngine.from_config(config.rules)  # invalid rules: a config error before anything starts
     except ConfigError as exc:
         configure_logging()
-        log.error(
-            "config_invalid", problems=[f"{p or '<root>'}: {m}" for p, m in exc.problems], source=exc.source
-        )
+        log_config_error(exc)
         return EXIT_CONFIG
     configure_logging(config.telemetry.logs.level, config.telemetry.logs.format)
     if config.service.workers > 1:
@@ -122,14 +120,18 @@ def run(path: Path | None) -> int:
             loop.add_signal_handler(signum, stop.set)
         await Service(config, document=document).run(stop)
 
+    return serve(main)
+
+
+def serve(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run ``main`` on uvloop until it returns; the exit code says how it ended (the primary's and
+    an intake worker's alike)."""
     try:
         import uvloop
 
         uvloop.run(main())
     except ConfigError as exc:
-        log.error(
-            "config_invalid", problems=[f"{p or '<root>'}: {m}" for p, m in exc.problems], source=exc.source
-        )
+        log_config_error(exc)
         return EXIT_CONFIG
     except OSError as exc:
         log.error("startup_failed", error=str(exc))
@@ -138,6 +140,12 @@ def run(path: Path | None) -> int:
         log.exception("startup_failed", error=repr(exc))
         return EXIT_STARTUP
     return EXIT_OK
+
+
+def log_config_error(exc: ConfigError) -> None:
+    log.error(
+        "config_invalid", problems=[f"{p or '<root>'}: {m}" for p, m in exc.problems], source=exc.source
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

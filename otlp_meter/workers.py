@@ -240,7 +240,7 @@ def worker_main(argv: Sequence[str]) -> int:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent:
         return 0  # the primary died before the line above: nobody to work for
-    from otlp_meter.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP
+    from otlp_meter.cli import EXIT_CONFIG, EXIT_OK, log_config_error, serve
     from otlp_meter.errors import ConfigError
     from otlp_meter.telemetry.logging import configure_logging
 
@@ -252,7 +252,7 @@ def worker_main(argv: Sequence[str]) -> int:
         return EXIT_OK
     except ConfigError as exc:
         configure_logging()
-        log.error("config_invalid", problems=[f"{p or '<root>'}: {m}" for p, m in exc.problems])
+        log_config_error(exc)
         return EXIT_CONFIG
     configure_logging(config.telemetry.logs.level, config.telemetry.logs.format, fields={"worker": args.slot})
     link = WorkerLink(args.slot, args.control_fd, args.wake_fd)
@@ -281,18 +281,9 @@ def worker_main(argv: Sequence[str]) -> int:
         await Service(config, worker=link).run(stop)
 
     try:
-        import uvloop
-
-        uvloop.run(main())
-    except OSError as exc:
-        log.error("startup_failed", error=str(exc))
-        return EXIT_STARTUP
-    except Exception as exc:
-        log.exception("startup_failed", error=repr(exc))
-        return EXIT_STARTUP
+        return serve(main)
     finally:
         link.close()
-    return EXIT_OK
 
 
 # -- the primary's side -----------------------------------------------------------------------------

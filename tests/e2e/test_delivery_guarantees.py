@@ -74,17 +74,21 @@ def logs(seqs: Iterable[int], customer: str | None = "acme", pad: int = 0) -> Ex
 
 
 class LogsClient:
-    """A raw gRPC OTLP logs client that reconnects fast (the service restarts under it)."""
+    """A raw gRPC OTLP logs client that reconnects fast (the service restarts under it).
 
-    def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 50),
-                ("grpc.min_reconnect_backoff_ms", 50),
-                ("grpc.max_reconnect_backoff_ms", 200),
-            ],
-        )
+    ``own_connection``: a TCP connection of its own, not a subchannel shared with other clients.
+    """
+
+    def __init__(self, endpoint: str, *, own_connection: bool = False, timeout: float = 5.0) -> None:
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 200),
+        ]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(endpoint, options=options)
         self.export = self.channel.unary_unary(
             EXPORT,
             request_serializer=ExportLogsServiceRequest.SerializeToString,
@@ -92,7 +96,7 @@ class LogsClient:
         )
 
     def send(self, request: ExportLogsServiceRequest) -> ExportLogsServiceResponse:
-        response: ExportLogsServiceResponse = self.export(request, timeout=5)
+        response: ExportLogsServiceResponse = self.export(request, timeout=self.timeout)
         return response
 
     def close(self) -> None:

@@ -21,14 +21,10 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from tests.e2e.conftest import ServiceFactory
-from tests.e2e.test_delivery_guarantees import EXPORT, config, logs, queue_stats, seqs_of
+from tests.e2e.test_delivery_guarantees import LogsClient, config, logs, queue_stats, seqs_of
 from tests.e2e.test_observability import OPENMETRICS, promtool_check
 from tests.support.fake_openmeter import FakeOpenMeter
 from tests.support.service import ServiceProcess, wait_until
@@ -41,30 +37,9 @@ CONNECTIONS = 16
 one of two processes has a chance of 2 in 65536."""
 
 
-class Channel:
-    """A gRPC channel with a TCP connection of its own (no subchannel shared with other channels)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.initial_reconnect_backoff_ms", 50),
-                ("grpc.min_reconnect_backoff_ms", 50),
-                ("grpc.max_reconnect_backoff_ms", 200),
-            ],
-        )
-        self.export = self.channel.unary_unary(
-            EXPORT,
-            request_serializer=ExportLogsServiceRequest.SerializeToString,
-            response_deserializer=ExportLogsServiceResponse.FromString,
-        )
-
-    def send(self, request: ExportLogsServiceRequest) -> None:
-        self.export(request, timeout=10)
-
-    def close(self) -> None:
-        self.channel.close()
+def Channel(endpoint: str) -> LogsClient:
+    """A gRPC OTLP logs client with a TCP connection of its own (SO_REUSEPORT spreads connections)."""
+    return LogsClient(endpoint, own_connection=True, timeout=10.0)
 
 
 def requests_counted(service: ServiceProcess) -> float:
