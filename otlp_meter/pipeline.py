@@ -8,9 +8,11 @@ reports what happened. It answers only after the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -19,6 +21,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from otlp_meter.errors import ShuttingDownError, StateConflictError
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue.lmdb_queue import LmdbQueue
+from otlp_meter.queue.writer import PRUNE_BATCH
+from otlp_meter.rules import delta
 from otlp_meter.rules.delta import StreamStates
 from otlp_meter.rules.engine import MappingResult, RulesEngine
 from otlp_meter.telemetry.logging import ThrottledLog, get_logger
@@ -37,6 +41,10 @@ the ``delta/`` prefix of stream keys and the ``source/`` prefix of source cursor
 MAX_STATE_CONFLICTS = 5
 """Tries of one request whose stream state another process keeps changing; then it is refused
 (retryable)."""
+EXPIRY_INTERVAL = 3600.0
+"""Seconds between stream expiry passes (``rules.cumulative.max_staleness`` if shorter)."""
+EXPIRY_BATCH = PRUNE_BATCH
+"""Stream states read (so at most deleted) per transaction of an expiry pass."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +87,67 @@ class Pipeline:
         # Cumulative-to-delta reads and advances per-stream state: mapping and committing one request
         # must finish before the next request's mapping reads that state.
         self._streams_lock = asyncio.Lock()
+        self._expired = metrics.rules_cumulative_streams_expired
+        self._expiry: asyncio.Task[None] | None = None
 
     def open_streams(self) -> None:
         """Load cumulative stream state from the queue (after the queue is open; again to forget
         what is cached, e.g. after another process changed it)."""
         self._streams_generation = self._queue.get_state(STREAMS_GENERATION_KEY)
         self._streams = self._engine.stream_states(self._queue.get_state, self._clock_ns())
+
+    async def expire_streams(self) -> int:
+        """One expiry pass: delete the states of streams last seen more than
+        ``rules.cumulative.max_staleness`` ago (by the pipeline's clock), in transactions of at
+        most :data:`EXPIRY_BATCH` states read; returns how many. The primary alone runs it.
+
+        Each transaction that deletes also raises the watermark (``delta.expire_streams``) and the
+        streams generation: every process's cache (this one's too) reloads before its next
+        cumulative mapping, and an append mapped with a cache from before is refused by the
+        generation check (StateConflictError, mapped again), so no stale state is written back.
+        """
+        staleness_ns = int(self._engine.max_staleness * 1e9)
+        if staleness_ns <= 0:
+            return 0
+        horizon_ns = self._clock_ns() - staleness_ns
+        start: bytes | None = delta.KEY_PREFIX
+        total = 0
+        while start is not None:
+            expired, start = await self._queue.sweep_state(partial(_expiry_plan, horizon_ns, start))
+            if expired:
+                total += expired
+                self._expired.inc(expired)
+        if total:
+            log.info("cumulative_streams_expired", streams=total, last_point_before_ns=horizon_ns)
+        return total
+
+    def start_expiry(self) -> None:
+        """Run :meth:`expire_streams` every :data:`EXPIRY_INTERVAL` from now on (if
+        ``max_staleness`` is set), on the running loop, until :meth:`stop_expiry`."""
+        if self._expiry is None and self._engine.max_staleness > 0:
+            self._expiry = asyncio.get_running_loop().create_task(
+                self._expire_periodically(), name="otlp-meter-stream-expiry"
+            )
+
+    async def stop_expiry(self) -> None:
+        task, self._expiry = self._expiry, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _expire_periodically(self) -> None:
+        # The first pass waits one interval too: after downtime longer than max_staleness, the
+        # streams still alive report (and so are kept) before anything is judged stale.
+        interval = min(EXPIRY_INTERVAL, max(1.0, self._engine.max_staleness))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire_streams()
+            except ShuttingDownError:
+                return
+            except Exception:
+                log.exception("stream_expiry_failed", action=f"tried again in {interval:g}s")
 
     def close_intake(self) -> None:
         """From now on every ingest is refused with the retryable ShuttingDownError."""
@@ -248,6 +311,20 @@ def _has_cumulative(request: ExportMetricsServiceRequest) -> bool:
                 ):
                     return True
     return False
+
+
+def _expiry_plan(
+    horizon_ns: int,
+    start: bytes,
+    get: Callable[[bytes], bytes | None],
+    scan: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
+) -> tuple[dict[bytes, bytes | None], tuple[int, bytes | None]]:
+    """One expiry transaction (inside the queue's writer): what expired, and the generation bump."""
+    expiry = delta.expire_streams(get, scan, horizon_ns, start, EXPIRY_BATCH)
+    updates = expiry.updates
+    if expiry.expired:
+        updates[STREAMS_GENERATION_KEY] = _next_generation(get(STREAMS_GENERATION_KEY))
+    return updates, (expiry.expired, expiry.next_key)
 
 
 def _next_generation(generation: bytes | None) -> bytes:

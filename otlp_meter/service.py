@@ -219,6 +219,7 @@ class Service:
             self.pool.start()
         assert self.exporter is not None
         self.exporter.start()
+        self.pipeline.start_expiry()  # the primary alone forgets ended cumulative streams
         self.sources.start()
         self._started = True
         self._log_startup()
@@ -324,6 +325,7 @@ class Service:
             receivers.append(self.pool.stop(max(0.0, deadline - time.monotonic())))
         await asyncio.gather(*receivers)
         self.pipeline.close_intake()
+        await self.pipeline.stop_expiry()
         if self.worker is not None:
             await self.worker.finish()  # the last metrics snapshot: every request is answered
         if self.exporter is not None:
@@ -365,6 +367,7 @@ class Service:
             await self.telemetry.stop()
         if self.exporter is not None:
             await self.exporter.stop(0)
+        await self.pipeline.stop_expiry()
         self._queue_open = False
         self.queue.close()
 

@@ -58,6 +58,8 @@ from otlp_meter.queue.ops import (
     PurgeDeadOp,
     QuarantineOp,
     ReplayOp,
+    StatePlan,
+    StateSweepOp,
 )
 from otlp_meter.queue.types import (
     Accounting,
@@ -237,6 +239,12 @@ class LmdbQueue:
             removed += batch
             if batch < PRUNE_BATCH:
                 return removed
+
+    async def sweep_state(self, plan: StatePlan[T]) -> T:
+        """Apply the state changes ``plan`` decides from the state database as this transaction
+        sees it (:class:`~otlp_meter.queue.ops.StateSweepOp`); returns its result. Raises what
+        ``plan`` raised (then nothing was written), StorageError or ShuttingDownError."""
+        return await self._submit(StateSweepOp(plan=plan))
 
     async def purge_dead(self, seqs: Sequence[int] | None = None) -> int:
         """Delete dead letters by sequence (all of them when ``seqs`` is None); returns how many."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, TypeVar
 
@@ -196,6 +196,55 @@ class PruneOp(Op[int]):
         now_ns = g.now_ns if self.now is None else int(self.now * 1e9)
         self.removed = g.prune_dedupe(now_ns, self.limit)
         return self.removed
+
+
+StatePlan = Callable[
+    [Callable[[bytes], bytes | None], Callable[[bytes], Iterator[tuple[bytes, bytes]]]],
+    tuple[Mapping[bytes, bytes | None], T],
+]
+"""``plan(get, scan)`` → (state puts, None deletes; a result). ``get(key)`` reads a state value,
+``scan(start)`` yields (key, value) from the first key ≥ ``start`` in key order; both read the
+transaction the puts are committed in."""
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class StateSweepOp(Op[T]):
+    """State changes decided from the state database as it is in this very transaction (earlier
+    ops of the group included), e.g. deleting what expired: the caller owns the decision (``plan``,
+    which must only read), the queue reads and writes. If ``plan`` raises, this op fails alone and
+    writes nothing. It only deletes, or overwrites small values: ``grows`` is False."""
+
+    plan: StatePlan[T]
+
+    def cost(self) -> int:
+        return 64 * 1024
+
+    def apply(self, g: Group) -> T:
+        txn, db = g.txn, g.h.state
+
+        def get(key: bytes) -> bytes | None:
+            value: bytes | None = txn.get(key, db=db)
+            return value
+
+        def scan(start: bytes) -> Iterator[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=db)
+            if not cursor.set_range(start):
+                return iter(())
+            return cursor.iternext(keys=True, values=True)
+
+        try:
+            updates, result = self.plan(get, scan)
+        except Exception as exc:
+            raise Refused(exc) from exc
+        for key in updates:
+            if not 0 < len(key) <= g.max_key_size:
+                raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
+        for key, value in updates.items():
+            if value is None:
+                txn.delete(key, db=db)
+            else:
+                txn.put(key, value, db=db)
+        return result
 
 
 @dataclass(eq=False, slots=True, kw_only=True)

@@ -10,9 +10,12 @@ a restart neither bills an increase again nor skips one.
 
 Per point, in order (``docs/rules.md`` has the operator's version):
 
-* no state yet: the *first point* policy (``initial_value``) decides. ``keep`` bills the whole
-  value, ``drop`` only remembers it, ``auto`` keeps it when the stream started (its start time)
-  after the collector first started (persisted under :data:`FIRST_START_KEY`), else drops it.
+* no state yet: a stream that started before the watermark :data:`EXPIRED_BEFORE_KEY` may be
+  one whose state was expired (:func:`expire_streams`): its point is dropped, and remembered only
+  if it is not older than the watermark. Otherwise the *first point* policy (``initial_value``)
+  decides. ``keep`` bills the whole value, ``drop`` only remembers it, ``auto`` keeps it when the
+  stream started (its start time) after the collector first started (persisted under
+  :data:`FIRST_START_KEY`), else drops it.
 * ``time`` not after the last seen time: a duplicate (a retried export, a copy from a second
   path) or out of order: no event, state unchanged. So the same request twice bills once.
 * a reset: a newer run (start time later than the stored one and not before the last point) or a
@@ -21,6 +24,12 @@ Per point, in order (``docs/rules.md`` has the operator's version):
 
 An increase of zero (including a first or reset point whose value is zero) makes no event and
 counts as ``unchanged``; the state still moves on.
+
+Streams end (a pod's new ``service.instance.id``, a changed label set) and their states would stay
+forever: :func:`expire_streams` deletes the states whose last point is older than a horizon, and
+raises the watermark to it in the same transaction. A forgotten stream's points are all older
+than the watermark, so a stream that started at or after it cannot have been forgotten; one that
+started before it may have been, and must not bill its history again.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -45,12 +54,17 @@ from otlp_meter.rules.views import ScopeState
 InitialValue = Literal["auto", "keep", "drop"]
 Outcome = Literal["converted", "reset", "first_kept", "first_dropped", "duplicate", "unchanged", "no_value"]
 Load = Callable[[bytes], bytes | None]
+Scan = Callable[[bytes], Iterator[tuple[bytes, bytes]]]
+"""``scan(start)``: committed (key, value) pairs from the first key ≥ ``start``, in key order."""
 CumulativePoint = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint
 
 KEY_PREFIX = b"delta/"
 """Every key this module writes starts with this (stream keys: prefix + 16-byte digest)."""
 FIRST_START_KEY = b"delta/first-start"
 """When the collector first started (Unix ns, 8 bytes big-endian), for the ``auto`` policy."""
+EXPIRED_BEFORE_KEY = b"delta/expired-before"
+"""The watermark (Unix ns, 8 bytes big-endian; absent: 0): streams whose last point is older may
+have been expired. It only grows: the horizon of the latest :func:`expire_streams` that deleted."""
 
 _PERSON = b"otlp-meter.st.v1"  # stream keys' BLAKE2b personalization; changing it forgets all state
 _NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE: a staleness marker, not a value
@@ -60,6 +74,7 @@ _INT = struct.Struct(">q")
 _DOUBLE = struct.Struct(">d")
 _HIST = struct.Struct(">Qd?")  # count, sum, has sum
 _ABSENT = object()
+_STREAM_KEY_SIZE = len(KEY_PREFIX) + 16
 
 
 class StreamState(NamedTuple):
@@ -142,6 +157,9 @@ class StreamStates:
         self._first_start_pending = raw is None or len(raw) != 8
         self.first_start_ns = started_ns if self._first_start_pending else int.from_bytes(raw, "big")  # type: ignore[arg-type]
         """When the collector first started (persisted), or ``started_ns`` on a first start."""
+        self.expired_before_ns = _read_ns(load(EXPIRED_BEFORE_KEY)) if load is not None else 0
+        """The watermark as read (:data:`EXPIRED_BEFORE_KEY`): streams that started earlier may
+        have been forgotten. A cache is only as current as this: reload after an expiry."""
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -215,6 +233,54 @@ class StreamStates:
         self._last = None
 
 
+def _read_ns(raw: bytes | None) -> int:
+    return int.from_bytes(raw, "big") if raw is not None and len(raw) == 8 else 0
+
+
+# --- expiry --------------------------------------------------------------------------------------
+
+
+class Expiry(NamedTuple):
+    """One batch of :func:`expire_streams`: the ``updates`` to commit (deletes, the watermark),
+    how many streams they delete, and where the next batch starts (None: the pass is done)."""
+
+    updates: dict[bytes, bytes | None]
+    expired: int
+    next_key: bytes | None
+
+
+def expire_streams(load: Load, scan: Scan, horizon_ns: int, start: bytes, limit: int) -> Expiry:
+    """The states (keys from ``start``, at most ``limit`` read) whose stream was last seen before
+    ``horizon_ns``, to delete, with the watermark raised to the horizon in the same commit.
+
+    ``load`` and ``scan`` must read the transaction the updates are committed in, so nothing
+    written meanwhile is deleted, and the watermark is in place before a forgotten stream can
+    report again. "Last seen" is the later of the state's start and last point time (the
+    producer's clock: the one the watermark is compared with). States this version cannot read
+    are left alone: they hold no time to judge by, and already count as no state.
+    """
+    deletes: list[bytes] = []
+    read = 0
+    next_key: bytes | None = None
+    if horizon_ns > 0:
+        for key, raw in scan(max(start, KEY_PREFIX)):
+            if not key.startswith(KEY_PREFIX):
+                break
+            if read >= limit:
+                next_key = key
+                break
+            read += 1
+            if len(key) != _STREAM_KEY_SIZE:
+                continue  # the first-start time, the watermark
+            state = StreamState.decode(raw)
+            if state is not None and max(state.start, state.time) < horizon_ns:
+                deletes.append(key)
+    updates: dict[bytes, bytes | None] = dict.fromkeys(deletes)
+    if deletes and horizon_ns > _read_ns(load(EXPIRED_BEFORE_KEY)):
+        updates[EXPIRED_BEFORE_KEY] = horizon_ns.to_bytes(8, "big")
+    return Expiry(updates, len(deletes), next_key)
+
+
 # --- stream keys ---------------------------------------------------------------------------------
 
 
@@ -278,8 +344,14 @@ def to_delta(
         )
     last = states.get(key)
     if last is None:
-        states.put(key, current)
         start = current.start
+        if start < states.expired_before_ns:
+            # Maybe a stream whose state was expired: its history may be billed already. Its points
+            # since then are newer than the watermark: only those may become the stream's base.
+            if current.time >= states.expired_before_ns:
+                states.put(key, current)
+            return None, "first_dropped"
+        states.put(key, current)
         if initial_value == "keep" or (initial_value == "auto" and start > states.first_start_ns):
             return _outcome(_delta_point(point, current, None, start, attributes), "first_kept")
         return None, "first_dropped"

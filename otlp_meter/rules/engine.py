@@ -107,6 +107,7 @@ class RulesEngine:
         *,
         initial_value: InitialValue = "auto",
         max_streams: int = 100_000,
+        max_staleness: float = 0.0,
         started_ns: int | None = None,
     ) -> None:
         names = [rule.name for rule in rules]
@@ -119,6 +120,9 @@ class RulesEngine:
         self._internal_errors = ThrottledLog(_log, "rule_internal_error")
         self.initial_value: InitialValue = initial_value
         self.max_streams = max_streams
+        self.max_staleness = max_staleness
+        """Seconds after its last point a stream's state may be deleted (the pipeline's expiry);
+        0: never."""
         self._log_rules = tuple(rule for rule in rules if rule.signal == "logs")
         self._metric_rules = tuple(rule for rule in rules if rule.signal == "metrics")
         self._metric_rules_by_kind: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
@@ -141,6 +145,7 @@ class RulesEngine:
             load_rules(config, config_key=config_key),
             initial_value=config.cumulative.initial_value,
             max_streams=config.cumulative.max_streams,
+            max_staleness=config.cumulative.max_staleness,
         )
 
     def stream_states(self, load: Load | None, started_ns: int) -> StreamStates:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from otlp_meter.config_types import Section
+from otlp_meter.config_types import Duration, Section
 
 Coercion = Literal["int", "float", "number", "string", "bool"]
 MetricType = Literal["gauge", "sum", "histogram", "exponential_histogram", "summary"]
@@ -247,6 +247,11 @@ class CumulativeConfig(Section):
     )
     max_streams: int = Field(
         100_000, ge=1, description="Streams kept in memory; others are read back from the queue's state."
+    )
+    max_staleness: Duration = Field(
+        7 * 86400.0,
+        description="A stream with no point for this long is forgotten (its state deleted); if it reports "
+        "again it bills from its next point on, never its history. 0: never forget.",
     )
 
 

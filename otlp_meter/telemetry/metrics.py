@@ -114,6 +114,7 @@ class Metrics:
         self.rules_unmatched = self._shared_counter(spec.RULES_UNMATCHED)
         self.rules_rejected = self._shared_counter(spec.RULES_REJECTED)
         self.rules_cumulative_points = self._shared_counter(spec.RULES_CUMULATIVE)
+        self.rules_cumulative_streams_expired = _counter(spec.RULES_CUMULATIVE_EXPIRED, r)  # the primary's
         # Queue: what is measured in this process; its state and ledger are read at scrape time.
         self.queue_append_duration = self._shared_histogram(spec.QUEUE_APPEND_DURATION, LATENCY_BUCKETS)
         self.queue_commit_duration = self._shared_histogram(spec.QUEUE_COMMIT_DURATION, LATENCY_BUCKETS)

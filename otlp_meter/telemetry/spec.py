@@ -137,6 +137,11 @@ RULES_CUMULATIVE = _counter(
     ("outcome",),
     "Cumulative metric points, by what the conversion to deltas did with them.",
 )
+RULES_CUMULATIVE_EXPIRED = _counter(
+    "rules_cumulative_streams_expired_total",
+    (),
+    "Cumulative streams forgotten (state deleted) after no point for rules.cumulative.max_staleness.",
+)
 # -- queue: intake and writer --------------------------------------------------------------------
 QUEUE_APPEND_DURATION = _histogram(
     "queue_append_duration_seconds", (), "Time a request's append waited for its grouped, synced commit."

@@ -32,6 +32,7 @@ from otlp_meter.telemetry.metrics import Metrics
 from tests.unit.rules.otlp import T0, metric, metrics_request
 
 SECOND = 1_000_000_000
+DAY = 86_400 * SECOND
 START = T0 - 3600 * SECOND
 RULE = {
     "name": "requests",
@@ -236,3 +237,23 @@ async def test_the_queue_refuses_an_append_whose_expectation_no_longer_holds(tmp
     assert result.appended == 1
     assert q.get_state(b"k") == b"2"
     q.close()
+
+
+async def test_an_expiry_by_the_primary_reaches_every_process_s_cache(
+    two: tuple[Pipeline, LmdbQueue, OtherProcess],
+) -> None:
+    """The primary expires a stream a worker has cached: the worker reloads (the expiry moved the
+    streams generation) and treats the stream's next point as a forgotten stream's, billing none
+    of its history again."""
+    a, q, b = two
+    await b.ingest(10, T0)
+    await b.ingest(15, T0 + SECOND)
+    rules = RulesConfig.model_validate(
+        {"packs": [], "inline": [RuleModel.model_validate(RULE)], "cumulative": {"max_staleness": "1d"}}
+    )
+    primary = Pipeline(RulesEngine.from_config(rules), q, Metrics(), clock_ns=lambda: T0 + 2 * DAY)
+    assert await primary.expire_streams() == 1
+    await b.ingest(40, T0 + 2 * DAY)  # its cache said 15: that would bill 25
+    await b.ingest(41, T0 + 2 * DAY + SECOND)
+    await a.ingest_metrics(cumulative(43, T0 + 2 * DAY + 2 * SECOND))
+    assert billed(q) == [10, 5, 1, 2]
