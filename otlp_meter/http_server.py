@@ -224,11 +224,22 @@ class HttpServer:
         )
         self._server = _QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        self._task.add_done_callback(self._ended)
         while not self._server.started:  # startup is a few ms; the socket already queues connections
             if self._task.done():
                 self._task.result()
                 raise RuntimeError(f"HTTP server on {self.endpoint} stopped during startup")
             await asyncio.sleep(0.005)
+
+    @property
+    def serving(self) -> bool:
+        """Started and still serving (False once the server's task ended, for whatever reason)."""
+        return self._task is not None and not self._task.done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._server is not None and not self._server.should_exit:  # not asked to stop
+            error = None if task.cancelled() else task.exception()
+            log.error("http_server_stopped", server=self._name, endpoint=self.endpoint, error=repr(error))
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close."""

@@ -166,7 +166,10 @@ class Service:
             "otlp_http": otlp.http.enabled,
             "events_api": events.enabled,
         }
-        listening = dict(self._listening)
+        # An HTTP server whose task ended (crashed) no longer listens, though it started.
+        servers = (("otlp_http", self.http), ("events_api", self.events))
+        stopped = {name for name, server in servers if server is not None and not server.serving}
+        listening = {name: address for name, address in self._listening.items() if name not in stopped}
         missing = [name for name, on in enabled.items() if on and name not in listening]
         details = {"listening": listening, "not_listening": missing}
         if missing:

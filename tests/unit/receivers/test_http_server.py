@@ -115,3 +115,19 @@ async def test_read_body_stops_at_the_limit_and_refuses_a_truncated_body() -> No
     assert await read_body(receiver(chunk, chunk, last), 1024) is None
     with pytest.raises(ClientDisconnectedError):
         await read_body(receiver(chunk, {"type": "http.disconnect"}), 1024)
+
+
+async def test_a_server_whose_task_ends_is_no_longer_serving_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = HttpServer(hello, "127.0.0.1:0", name="otlp_http")
+    assert not server.serving
+    await server.start()
+    assert server.serving
+    task = server._task
+    assert task is not None
+    task.cancel()  # what a crash of uvicorn's serve() looks like from outside
+    await asyncio.gather(task, return_exceptions=True)
+
+    assert not server.serving  # readiness reports this receiver as not listening
+    assert any("http_server_stopped" in r.getMessage() for r in caplog.records)
