@@ -107,6 +107,22 @@ class GrpcReceiverConfig(Section):
     max_concurrent_streams: int = Field(
         100, ge=1, description="Concurrent RPCs per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."
     )
+    idle_timeout: Duration | None = Field(
+        None,
+        gt=0,
+        description="Close a connection after this long without RPCs (HTTP/2 GOAWAY; clients reconnect "
+        "when they next send). Default: never.",
+    )
+    max_connection_age: Duration | None = Field(
+        None,
+        gt=0,
+        description="Ask a client to reconnect after this long (GOAWAY; in-flight RPCs get "
+        "max_connection_age_grace), so long-lived connections spread again over service.workers "
+        "and over replicas behind a load balancer. Default: never.",
+    )
+    max_connection_age_grace: Duration = Field(
+        30.0, gt=0, description="How long in-flight RPCs may run after max_connection_age."
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS, off unless cert_file is set.")
 
 

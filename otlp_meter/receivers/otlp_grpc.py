@@ -73,6 +73,28 @@ def export_handler(
     return export
 
 
+def server_options(config: GrpcReceiverConfig, reuse_port: bool) -> list[tuple[str, int]]:
+    """The gRPC core's channel arguments for the receiver's server."""
+    options = [
+        ("grpc.max_receive_message_length", config.max_recv_msg_size),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        # Shared only with our own intake workers (service.workers); otherwise a second
+        # otlp-meter on the port must fail to start rather than take half the traffic.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+    ]
+    if config.idle_timeout is not None:
+        options.append(("grpc.max_connection_idle_ms", _ms(config.idle_timeout)))
+    if config.max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", _ms(config.max_connection_age)))
+        options.append(("grpc.max_connection_age_grace_ms", _ms(config.max_connection_age_grace)))
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 class OtlpGrpcReceiver:
     """The OTLP/gRPC server (``grpc.aio``, on the running loop) for the three OTLP services.
 
@@ -107,17 +129,7 @@ class OtlpGrpcReceiver:
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the endpoint cannot be bound (e.g. in use)."""
-        size = self._config.max_recv_msg_size
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                # Shared only with our own intake workers (service.workers); otherwise a second
-                # otlp-meter on the port must fail to start rather than take half the traffic.
-                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                ("grpc.max_concurrent_streams", self._config.max_concurrent_streams),
-            ]
-        )
+        server = grpc.aio.server(options=server_options(self._config, self._reuse_port))
         for signal, (service, request_type) in _SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(
                 export_handler(self._core, signal, request_type, self._auth),

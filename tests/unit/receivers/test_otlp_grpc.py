@@ -4,6 +4,7 @@ a ``google.rpc.Status`` with RetryInfo in the ``grpc-status-details-bin`` traile
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -23,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from otlp_meter.receivers.config import GrpcReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore
-from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver
+from otlp_meter.receivers.otlp_grpc import OtlpGrpcReceiver, server_options
 from tests.unit.receivers.conftest import Stack, StackFactory, counter_metrics, genai_logs, mixed_logs
 
 LIMIT = 64 * 1024
@@ -244,3 +245,36 @@ async def test_a_bug_in_the_core_is_unavailable_not_internal(serve: ServeFactory
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # nothing stored: the sender keeps it
     assert retry_info_of(caught.value) is not None
+
+
+def test_connection_lifetime_settings_become_grpc_server_options() -> None:
+    config = GrpcReceiverConfig.model_validate(
+        {"idle_timeout": "5m", "max_connection_age": "10m", "max_connection_age_grace": "20s"}
+    )
+    options = dict(server_options(config, reuse_port=False))
+    assert options["grpc.max_connection_idle_ms"] == 300_000
+    assert options["grpc.max_connection_age_ms"] == 600_000
+    assert options["grpc.max_connection_age_grace_ms"] == 20_000
+    assert options["grpc.so_reuseport"] == 0
+    defaults = dict(server_options(GrpcReceiverConfig(), reuse_port=True))
+    assert "grpc.max_connection_idle_ms" not in defaults, "never closed for idleness unless asked"
+    assert "grpc.max_connection_age_ms" not in defaults
+    assert defaults["grpc.so_reuseport"] == 1
+
+
+async def test_an_idle_connection_is_closed_and_the_client_reconnects(stack: Stack) -> None:
+    config = GrpcReceiverConfig(endpoint="127.0.0.1:0", idle_timeout=0.2)
+    receiver = OtlpGrpcReceiver(config, stack.core)
+    await receiver.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{receiver.port}")
+    try:
+        logs = logs_service_pb2_grpc.LogsServiceStub(channel)  # type: ignore[no-untyped-call]
+        await logs.Export(genai_logs("acme"), timeout=10)
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        # The server sends GOAWAY after 0.2 s without RPCs: the channel leaves READY by itself.
+        await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+        assert channel.get_state() != grpc.ChannelConnectivity.READY
+        await logs.Export(genai_logs("acme"), timeout=10)  # and reconnects when it next sends
+    finally:
+        await channel.close()
+        await receiver.stop(0)
