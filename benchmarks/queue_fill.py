@@ -35,7 +35,8 @@ def sample_events() -> list[EncodedEvent]:
 def _with_id(event: EncodedEvent, n: int) -> EncodedEvent:
     digits = f"{n:032x}"
     new_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
-    return EncodedEvent(event.source, new_id, event.payload.replace(event.id.encode(), new_id.encode(), 1))
+    payload = event.payload.replace(event.id.encode(), new_id.encode(), 1)
+    return EncodedEvent(event.source, new_id, payload, event.time_ms)
 
 
 async def fill(directory: Path, events: int, max_bytes: int, progress: bool = True) -> float:

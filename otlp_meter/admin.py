@@ -34,7 +34,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from otlp_meter.admin_output import Progress, format_stats, format_time, stats_document
 from otlp_meter.config import Config, load_config
 from otlp_meter.errors import ConfigError, OtlpMeterError
-from otlp_meter.events import EncodedEvent
+from otlp_meter.events import EncodedEvent, payload_time_ms
 from otlp_meter.queue import DeadLetterEntry, LmdbQueue
 from otlp_meter.queue.lock import lock_holder
 from otlp_meter.queue.types import ReplayItem, ReplayResult
@@ -268,7 +268,8 @@ def _plan(entries: Sequence[DeadLetterEntry], args: argparse.Namespace, engine: 
         elif entry.kind == "event":
             if args.through_rules:
                 continue
-            event = EncodedEvent(source=entry.source, id=entry.id, payload=entry.payload)
+            # time_ms from the payload: the requeued event is remembered under the key it had.
+            event = EncodedEvent(entry.source, entry.id, entry.payload, payload_time_ms(entry.payload))
             plan.items.append(ReplayItem(dead_seq=entry.seq, events=(event,), requeue=True))
         elif not args.to_queue and engine is not None:
             _plan_record(entry, engine, plan)

@@ -7,6 +7,7 @@ They are plain immutable values with no behaviour so that every stage can depend
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -18,6 +19,9 @@ class EncodedEvent(NamedTuple):
     """A CloudEvent ready to send: ``payload`` is its JSON object (UTF-8 bytes, no trailing newline).
 
     ``source`` and ``id`` repeat the event's own attributes; together they are the dedupe key.
+    ``time_ms`` is the event's ``time`` in Unix milliseconds (0: none, or unknown): the queue's
+    dedupe keys are ordered by it (see :func:`otlp_meter.queue.codec.event_dedupe_key`), so every
+    producer sets it from the same ``time`` it puts in the payload.
     A NamedTuple rather than a frozen dataclass: the rules engine makes one per event and a tuple
     is built in a third of the time; it is just as immutable.
     """
@@ -25,6 +29,40 @@ class EncodedEvent(NamedTuple):
     source: str
     id: str
     payload: bytes
+    time_ms: int = 0
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def rfc3339_millis(text: object) -> int:
+    """Unix milliseconds (rounded down) of an RFC 3339 date-time; 0 for anything else, or before 1970.
+
+    For times validated already (the events API's): ``datetime.fromisoformat`` (C, ~0.3 µs) reads
+    every RFC 3339 form, ``Z`` and offsets included, and drops fraction digits beyond six.
+    """
+    if type(text) is not str:
+        return 0
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return 0
+    if moment.tzinfo is None:  # not RFC 3339 (which requires an offset); never validated as such
+        return 0
+    return max(0, (moment - _EPOCH) // _MILLISECOND)
+
+
+def payload_time_ms(payload: bytes) -> int:
+    """``time_ms`` of a stored event's JSON (its ``time`` attribute); 0 if it has none or is unreadable.
+
+    For the rare paths that rebuild an :class:`EncodedEvent` from stored bytes (dead-letter replay).
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return 0
+    return rfc3339_millis(document.get("time")) if isinstance(document, dict) else 0
 
 
 def kept_bytes(payload: bytes) -> bytes:

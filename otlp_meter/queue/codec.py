@@ -101,27 +101,77 @@ def key_seq(key: bytes) -> int:
     return int(_SEQ.unpack(key)[0])
 
 
-def event_dedupe_key(source: str, id: str) -> bytes:
-    """16-byte key for an event's (source, id).
+DEDUPE_TIME_BYTES = 6
+"""Dedupe keys of events (since schema 3) start with the event's time: 6-byte big-endian Unix ms."""
+DEDUPE_HASH_BYTES = DEDUPE_KEY_SIZE - DEDUPE_TIME_BYTES
+MAX_DEDUPE_MS = (1 << 8 * DEDUPE_TIME_BYTES) - 1
+"""The latest time a key can hold (year 10889); later times are clamped to it."""
 
-    Hashed because LMDB keys are limited to 511 bytes and sources/ids are not; 128 bits make a
-    collision (which would wrongly drop an event) negligible even at 10⁸ keys.
+
+def event_dedupe_key(source: str, id: str, time_ms: int = 0) -> bytes:
+    """16-byte key for an event's (source, id) at its time (schema 3).
+
+    The event's time in Unix milliseconds, 6 bytes big-endian (clamped to 0 … 2⁴⁸ - 1; 0 when the
+    event has no time), then the first 10 bytes of :func:`legacy_event_dedupe_key`. Hashed because
+    LMDB keys are limited to 511 bytes and sources/ids are not. Ordered by time so that the keys a
+    commit remembers land on the rightmost pages of the B-tree and the keys evicted or expired come
+    off the leftmost ones, instead of every key dirtying a page of its own (random keys at 10M keys
+    wrote ~12 MB per commit, these ~0.4 MB). Two different events collide (the later is wrongly
+    dropped) only if they have the same millisecond and the same 80-bit hash: with n events in one
+    millisecond about n²/2⁸¹, ~10⁻²² for 20 events (20,000 events/s).
+
+    A copy of an event is recognised only if it has the same time: a retransmission with another
+    ``time`` for the same (source, id) gets another key (OpenMeter's own deduplication by
+    (source, id) is what catches that one).
+    """
+    return _time_prefix(time_ms) + legacy_event_dedupe_key(source, id)[:DEDUPE_HASH_BYTES]
+
+
+def legacy_event_dedupe_key(source: str, id: str) -> bytes:
+    """The 16-byte key of an event's (source, id) before schema 3: BLAKE2b-128 of the two, no time.
+
+    Still looked up while a queue upgraded from schema 2 may hold such keys within their window.
     """
     return hashlib.blake2b(_source_prefix(source) + id.encode(), digest_size=16).digest()
 
 
-def event_dedupe_keys(events: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
-    """:func:`event_dedupe_key` of each ``(source, id, payload)``, in order (the prefix hashed for
-    a source is built once per call: a request's events mostly share a few sources)."""
+def _time_prefix(time_ms: int) -> bytes:
+    if not 0 <= time_ms <= MAX_DEDUPE_MS:
+        time_ms = 0 if time_ms < 0 else MAX_DEDUPE_MS
+    return time_ms.to_bytes(DEDUPE_TIME_BYTES, "big")
+
+
+def event_dedupe_keys(events: Iterable[EncodedEvent]) -> list[bytes]:
+    """:func:`event_dedupe_key` of each event, in order (the prefix hashed for a source is built
+    once per call: a request's events mostly share a few sources)."""
     prefixes: dict[str, bytes] = {}
     blake2b = hashlib.blake2b
+    size, top = DEDUPE_HASH_BYTES, MAX_DEDUPE_MS
     keys: list[bytes] = []
-    for source, id, _payload in events:
+    append = keys.append
+    for source, id, _payload, time_ms in events:
         prefix = prefixes.get(source)
         if prefix is None:
             prefix = prefixes[source] = _source_prefix(source)
-        keys.append(blake2b(prefix + id.encode(), digest_size=16).digest())
+        if not 0 <= time_ms <= top:
+            time_ms = 0 if time_ms < 0 else top
+        append(time_ms.to_bytes(6, "big") + blake2b(prefix + id.encode(), digest_size=16).digest()[:size])
     return keys
+
+
+def event_dedupe_keys_with_legacy(events: Iterable[EncodedEvent]) -> tuple[list[bytes], list[bytes]]:
+    """:func:`event_dedupe_key` and :func:`legacy_event_dedupe_key` of each event, in order."""
+    prefixes: dict[str, bytes] = {}
+    keys: list[bytes] = []
+    legacy: list[bytes] = []
+    for source, id, _payload, time_ms in events:
+        prefix = prefixes.get(source)
+        if prefix is None:
+            prefix = prefixes[source] = _source_prefix(source)
+        old = hashlib.blake2b(prefix + id.encode(), digest_size=16).digest()
+        keys.append(_time_prefix(time_ms) + old[:DEDUPE_HASH_BYTES])
+        legacy.append(old)
+    return keys, legacy
 
 
 def _source_prefix(source: str) -> bytes:
@@ -132,7 +182,10 @@ def _source_prefix(source: str) -> bytes:
 
 
 def rejection_dedupe_key(rejection: Rejection) -> bytes:
-    """16-byte key for a rejected record, so a retried request does not dead-letter it twice."""
+    """16-byte key for a rejected record, so a retried request does not dead-letter it twice.
+
+    Unchanged by schema 3 (a random hash, no time in front): rejections are rare.
+    """
     rule = rejection.rule.encode()
     h = hashlib.blake2b(b"R", digest_size=16)
     h.update(rejection.signal.encode() + b"\0")

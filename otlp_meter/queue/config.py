@@ -16,7 +16,7 @@ GiB = 1024 * MiB
 # write) and freed pages are reused only once no reader needs them, so deletes (acks) need free
 # pages too. The map is virtual address space and the file is sparse, so headroom costs nothing.
 _MAP_SLACK = 64 * MiB
-# Bytes one dedupe key costs on disk: the key (16-byte hash → 8-byte expiry) plus its expiry-index
+# Bytes one dedupe key costs on disk: the key (16 bytes: time + hash → 8-byte expiry) plus its expiry-index
 # entry, with B-tree overhead and half-empty pages.
 _DEDUPE_BYTES_PER_KEY = 128
 
@@ -48,8 +48,9 @@ class QueueConfig(Section):
     )
     dedupe_window: Duration = Field(
         default=24 * 3600.0,
-        description="How long an event's (source, id) is remembered; a copy appended within the window "
-        "is dropped and counted as deduplicated. 0 disables deduplication.",
+        description="How long an event's (source, id) is remembered, with its time; a copy (same "
+        "source, id and time) appended within the window is dropped and counted as deduplicated. "
+        "0 disables deduplication.",
     )
     dedupe_max_keys: int = Field(
         default=10_000_000,

@@ -14,9 +14,10 @@ from itertools import repeat
 import lmdb
 
 from otlp_meter.errors import QueueFullError
+from otlp_meter.events import EncodedEvent
 from otlp_meter.queue import codec
 from otlp_meter.queue.config import QueueConfig
-from otlp_meter.queue.ledger import Counters, Handles, storage_used_bytes, store_counters
+from otlp_meter.queue.ledger import Counters, Handles, legacy_until, storage_used_bytes, store_counters
 from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("queue")
@@ -63,6 +64,9 @@ class Group:
         self.now_ns = int(now * 1e9)
         self.dedupe = config.dedupe_enabled
         self.dedupe_expiry_ns = self.now_ns + int(config.dedupe_window * 1e9)
+        self.legacy_lookup = self.dedupe and self._legacy_keys_left(legacy_until(txn, h))
+        """Whether events' keys of the format before schema 3 may still be remembered within their
+        window (a queue upgraded less than a window ago): then appends look those up too."""
         self.max_key_size = h.env.max_key_size()
         self.deduplicated = 0
         self.evicted = 0
@@ -91,6 +95,25 @@ class Group:
         found = self._dedupe().getmulti(wanted)
         return wanted, {key for key, value in found if decode(value) > now}
 
+    def _legacy_keys_left(self, until: int) -> bool:
+        """Whether keys of the old format may be stored and within their window: ``until`` (their
+        latest expiry) is still ahead, and the expiry index still has an entry due by then (at the
+        key limit, eviction takes them all long before their window ends: then no more lookups)."""
+        if self.now_ns >= until:
+            return False
+        cursor = self.txn.cursor(db=self.h.expiry)
+        if not cursor.first():
+            return False
+        key = cursor.key()
+        return len(key) != 24 or codec.split_expiry_index_key(key)[0] <= until
+
+    def event_keys(self, events: Sequence[EncodedEvent]) -> tuple[list[bytes], list[bytes] | None]:
+        """The events' dedupe keys, and (while :attr:`legacy_lookup`) their keys of the old format,
+        which are only looked up (:meth:`window`), never remembered."""
+        if self.legacy_lookup:
+            return codec.event_dedupe_keys_with_legacy(events)
+        return codec.event_dedupe_keys(events), None
+
     def check_room(self, event_bytes: int, dead_bytes: int, keys: int = 0) -> None:
         """Refuse (before any write) what would pass the byte limits or eat into the headroom.
 
@@ -117,8 +140,9 @@ class Group:
 
     def _reserve_storage(self, record_bytes: int, keys: int) -> None:
         # What a transaction needs while it runs, not what it keeps: records and B-tree pages split
-        # half full take up to twice the payload, and each dedupe key (a random hash) may copy a
-        # page of its own (copy on write; the old copies are reused only two commits later).
+        # half full take up to twice the payload, and each dedupe key may copy a page of its own
+        # (copy on write; the old copies are reused only two commits later). Event keys are ordered
+        # by time and mostly share pages, but a late event's or a rejection's key can land anywhere.
         # Overestimating only refuses a little early; MapFullError stays as the backstop.
         page = int(self.h.env.stat()["psize"])
         need = 2 * record_bytes + 2 * keys * page + 4 * page

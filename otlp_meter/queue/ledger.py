@@ -17,14 +17,25 @@ from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("queue")
 
-SCHEMA_VERSION = b"2"
+SCHEMA_VERSION = b"3"
 """Layout of the named databases below; bump it (with a migration) when the layout changes.
 
 2: events in envelope 2 (:mod:`~otlp_meter.queue.codec`), multi-key expiry index entries.
 Everything schema 1 wrote is still read, so opening a schema-1 queue for writing only marks it 2
 (which keeps an older otlp-meter, which would take envelope-2 events for corrupt, out of it).
+
+3: event dedupe keys ordered by the event's time (:func:`~otlp_meter.queue.codec.event_dedupe_key`;
+same size, same expiry index). A queue of schema 1 or 2 may hold keys of the old format still
+within their window: opening it for writing records in ``meta`` (:data:`LEGACY_UNTIL_KEY`) the
+latest expiry among them, and until then appends look up each event's old key as well
+(:func:`legacy_until`). An older otlp-meter refuses a schema-3 queue: it would not find the new
+keys, and let copies through.
 """
-_READABLE_SCHEMAS = (b"1", SCHEMA_VERSION)
+_READABLE_SCHEMAS = (b"1", b"2", SCHEMA_VERSION)
+
+LEGACY_UNTIL_KEY = b"dedupe_legacy_until"
+"""``meta`` key: Unix ns (8-byte big-endian) until which the dedupe set may hold keys of the format
+before schema 3 (written at the upgrade: the last expiry in the expiry index then)."""
 
 _SCHEMA_KEY = b"schema_version"
 _COUNTERS_KEY = b"counters"
@@ -40,7 +51,9 @@ class Handles:
 
     ``events``  seq (8-byte big-endian) → envelope 2 (13-byte header + the JSON), or envelope 1
                 (QueuedEvent) if written before schema 2
-    ``dedupe``  16-byte (source, id) hash → expiry (8-byte big-endian Unix nanoseconds)
+    ``dedupe``  16-byte key → expiry (8-byte big-endian Unix nanoseconds); an event's key is its
+                time (6 bytes of Unix ms) + 10 bytes of the (source, id) hash since schema 3, the
+                16-byte hash before; a rejected record's key is a 16-byte hash
     ``expiry``  expiry + first hash → the hashes that expire then, concatenated (one entry per
                 commit and up to 1024 keys); before schema 2, one entry per hash with an empty
                 value. Sorted by expiry, so pruning reads the front. An entry may name a hash
@@ -183,7 +196,9 @@ def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = Fal
                     "by a newer one?)",
                     retry_after=60.0,
                 )
-            if version != SCHEMA_VERSION and not readonly:  # a new queue, or one of schema 1
+            if version != SCHEMA_VERSION and not readonly:  # a new queue, or one of schema 1 or 2
+                if version is not None:
+                    _mark_legacy_keys(txn, handles)
                 txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)
     except lmdb.Error as exc:
         env.close()
@@ -192,6 +207,31 @@ def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = Fal
         env.close()
         raise
     return handles
+
+
+def _mark_legacy_keys(txn: lmdb.Transaction[bytes], h: Handles) -> None:
+    """Upgrading to schema 3: remember until when the old-format keys stored now can matter.
+
+    The expiry index is sorted by expiry, so its last entry names the latest expiry of any key
+    stored (rejection keys included, which keep their format: that only overestimates a little).
+    """
+    cursor = txn.cursor(db=h.expiry)
+    found = cursor.last()
+    while found and len(cursor.key()) != 24:  # not ours (pruning drops such entries): skip them
+        found = cursor.prev()
+    if not found:
+        return
+    until, _first = codec.split_expiry_index_key(cursor.key())
+    if until > 0:
+        txn.put(LEGACY_UNTIL_KEY, codec.encode_expiry(until), db=h.meta)
+        log.info("queue_schema_upgraded", schema=SCHEMA_VERSION.decode(), legacy_keys_until_unix_nano=until)
+
+
+def legacy_until(txn: lmdb.Transaction[bytes], h: Handles) -> int:
+    """Unix ns until which appends must also look up dedupe keys of the format before schema 3
+    (0: none; a queue created at schema 3, or upgraded with no dedupe keys)."""
+    raw = txn.get(LEGACY_UNTIL_KEY, db=h.meta)
+    return codec.decode_expiry(raw) if raw is not None else 0
 
 
 def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, bool]:

@@ -86,19 +86,23 @@ class AppendOp(Op[AppendResult]):
         ordered = False
         if g.dedupe:
             # The whole request's keys are looked up at once (see Group.window).
-            keys = codec.event_dedupe_keys(events)
+            keys, legacy = g.event_keys(events)
             rejection_keys = [codec.rejection_dedupe_key(r) for r in self.rejected]
             distinct, seen = g.window(keys + rejection_keys)
-            if not seen and len(distinct) == len(keys) + len(rejection_keys):
+            # Shortly after an upgrade to schema 3: copies of events remembered before it.
+            old = g.window(legacy)[1] if legacy is not None else set()
+            if not seen and not old and len(distinct) == len(keys) + len(rejection_keys):
                 # The usual case: all new, no copies within the request either.
                 records = list(map(header.__add__, [e.payload for e in events]))
                 dead = [_rejection_letter(r, g.now_ns) for r in self.rejected]
                 remembered, ordered = distinct, True
             else:
                 records = []
-                for event, key in zip(events, keys, strict=True):
+                for n, (event, key) in enumerate(zip(events, keys, strict=True)):
                     if key in seen:  # a copy: of one in the window, or of one earlier in this request
                         continue
+                    if old and legacy is not None and legacy[n] in old:
+                        continue  # a copy of one remembered before the upgrade, in its window
                     seen.add(key)
                     remembered.append(key)
                     records.append(header + event.payload)
@@ -314,20 +318,30 @@ class ReplayOp(Op[ReplayResult]):
         freed = sum(map(len, present.values()))
         offered = sum(len(item.events) for item in items)
         header = codec.event_header(g.now_ns)
-        keys = [codec.event_dedupe_keys(item.events) if g.dedupe else [] for item in items]
+        both = [g.event_keys(item.events) if g.dedupe else ([], None) for item in items]
+        keys = [item_keys for item_keys, _legacy in both]
         # A requeued event is its own earlier copy: the window remembers it, and must not drop the
-        # deliberate re-send; so only the others are looked up.
+        # deliberate re-send; so only the others are looked up (their old-format keys too, shortly
+        # after an upgrade to schema 3; those are never remembered).
         _distinct, seen = g.window(
             k for item, item_keys in zip(items, keys, strict=True) if not item.requeue for k in item_keys
         )
+        old = g.window(
+            k
+            for item, (_keys, legacy) in zip(items, both, strict=True)
+            if not item.requeue
+            for k in legacy or ()
+        )[1]
         remembered: list[bytes] = []
         records: list[bytes] = []
         dead: list[bytes] = []
-        for item, item_keys in zip(items, keys, strict=True):
+        for item, (item_keys, item_legacy) in zip(items, both, strict=True):
             for n, event in enumerate(item.events):
                 if item_keys:
                     key = item_keys[n]
-                    if not item.requeue and key in seen:
+                    if not item.requeue and (
+                        key in seen or (item_legacy is not None and item_legacy[n] in old)
+                    ):
                         continue
                     seen.add(key)
                     remembered.append(key)

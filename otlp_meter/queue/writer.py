@@ -31,7 +31,7 @@ from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.group import Group, Refused
 from otlp_meter.queue.ledger import Handles, Ledger, read_counters
 from otlp_meter.queue.ops import AppendOp, Op, PruneOp
-from otlp_meter.telemetry.logging import get_logger
+from otlp_meter.telemetry.logging import ThrottledLog, get_logger
 
 __all__ = ["GROUP_MAX_BYTES", "PRUNE_BATCH", "PRUNE_INTERVAL", "Group", "Writer"]  # Group: moved, kept here
 
@@ -72,6 +72,10 @@ class Writer:
         self._closed = False
         self._pending: deque[Op[Any]] = deque()
         self._next_prune = time.monotonic() + PRUNE_INTERVAL
+        # At the key limit every commit evicts (tens per second): one line per interval, with the
+        # keys evicted since the last line.
+        self._evictions_log = ThrottledLog(log, "queue_dedupe_keys_evicted")
+        self._evicted_unlogged = 0
         self._thread = threading.Thread(target=self._run, name="otlp-meter-queue-writer", daemon=True)
 
     def start(self) -> None:
@@ -233,12 +237,14 @@ class Writer:
             elif group.appended:
                 ledger.full_at_size = None
         if group.evicted:
-            log.warning(
-                "queue_dedupe_keys_evicted",
+            self._evicted_unlogged += group.evicted
+            if self._evictions_log.warning(
+                "limit",
                 limit=self._config.dedupe_max_keys,
-                evicted=group.evicted,
+                evicted=self._evicted_unlogged,
                 consequence="these keys were forgotten before their dedupe window ended",
-            )
+            ):
+                self._evicted_unlogged = 0
         _settle_all_threadsafe(
             ((op, result, None if refused is None else refused.error) for op, result, refused in outcomes),
             self._on_append,

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from otlp_meter.errors import DecodeError, InvalidEventError, PayloadTooLargeError, UnsupportedMediaTypeError
-from otlp_meter.events import EncodedEvent, encode_payload
+from otlp_meter.events import EncodedEvent, encode_payload, rfc3339_millis
 from otlp_meter.http_server import media_type
 
 SINGLE = "application/cloudevents+json"
@@ -186,4 +186,7 @@ def parse_events(
             break
     if problems:
         raise InvalidEventError(problems[:MAX_PROBLEMS])
-    return [EncodedEvent(e["source"], e["id"], encode_payload(e)) for e in items]
+    # time_ms orders the queue's dedupe keys; the time was validated above (absent or null: 0).
+    return [
+        EncodedEvent(e["source"], e["id"], encode_payload(e), rfc3339_millis(e.get("time"))) for e in items
+    ]

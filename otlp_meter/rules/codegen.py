@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 
 from otlp_meter.events import EncodedEvent, kept_bytes
-from otlp_meter.rules.values import show
+from otlp_meter.rules.values import show, time_millis
 from otlp_meter.rules.views import RecordView
 
 Getter = Callable[[RecordView], Any]
@@ -235,7 +235,7 @@ def build_function(
         field(plan, "", key)
     field(event_id, "event_id")
     w.names.update(Rejected=Rejected, dumps=orjson.dumps, tight=kept_bytes, JSONError=orjson.JSONEncodeError)
-    w.names.update(LABELS=tuple(labels), new=tuple.__new__, EncodedEvent=EncodedEvent)
+    w.names.update(LABELS=tuple(labels), new=tuple.__new__, EncodedEvent=EncodedEvent, millis=time_millis)
     body += [
         "    except ValueError as exc:",
         '        raise Rejected(f"{LABELS[at]}: {exc}") from None',
@@ -244,6 +244,8 @@ def build_function(
         ' "type": type_, "subject": subject, "time": time, "data": data}))',
         "    except (JSONError, TypeError) as exc:",
         '        raise Rejected(f"data: cannot encode as JSON: {exc}") from None',
-        "    return new(EncodedEvent, (source, event_id, payload))",
+        # The default time (the usual one) comes with its milliseconds; any other is read back.
+        "    return new(EncodedEvent, (source, event_id, payload,"
+        " v.time_ms if time is v.time_text else millis(time)))",
     ]
     return w.function("build", body)

@@ -227,9 +227,11 @@ class _Compiler:
                 scope = v.scope
                 if scope.last_time_ns == ns:  # the points of a metric mostly share their time
                     text = scope.last_time_text
+                    v.time_ms = scope.last_time_ms
                 else:
                     text = scope.last_time_text = format_time(ns)
                     scope.last_time_ns = ns
+                    v.time_ms = scope.last_time_ms = ns // 1_000_000
                 v.time_text = text
             return text
 

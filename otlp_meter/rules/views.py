@@ -137,6 +137,7 @@ class ScopeState:
         "attrs",
         "cel",
         "container",
+        "last_time_ms",
         "last_time_ns",
         "last_time_text",
         "res",
@@ -155,6 +156,7 @@ class ScopeState:
         self._whole: dict[str, Any] | None = None
         self.last_time_ns = -1  # the last default event time formatted under this scope, and its text
         self.last_time_text = ""
+        self.last_time_ms = 0
 
     def values(self) -> AttrMap:
         """The wanted scope attributes (read once per scope)."""
@@ -198,6 +200,7 @@ class RecordView:
         "record",
         "res",
         "scope",
+        "time_ms",
         "time_text",
     )
     record: LogRecord
@@ -218,6 +221,7 @@ class RecordView:
         self._hasher: hashlib.blake2b | None = None
         self._raw: bytes | None = None  # the record serialized as its id covers it
         self.time_text: str | None = None  # the record's own time, formatted once for every rule
+        self.time_ms = 0  # ... and in Unix milliseconds (set with time_text: EncodedEvent.time_ms)
 
     def values(self) -> AttrMap:
         """The wanted attributes of the record (read once per record, for every rule)."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from otlp_meter.events import EncodedEvent, encode_payload
+from otlp_meter.events import EncodedEvent, encode_payload, rfc3339_millis
 from otlp_meter.receivers.cloudevents import validate_event
 from otlp_meter.sources.base import SCOPE_PREFIX, any_value, key_values
 from otlp_meter.sources.s3_formats import Layout, Position, Row, gunzip, read_rows
@@ -252,4 +252,7 @@ def cloud_event(row: Row) -> EncodedEvent | Row:
         text = "; ".join(f"{name or 'event'} {message}" for _, name, message in problems[:3])
         raw = orjson.dumps(row.value)[:1024].decode("utf-8", "replace")
         return replace(row, value=None, error=f"invalid CloudEvent: {text}", raw=raw)
-    return EncodedEvent(row.value["source"], row.value["id"], encode_payload(row.value))
+    value = row.value
+    return EncodedEvent(
+        value["source"], value["id"], encode_payload(value), rfc3339_millis(value.get("time"))
+    )

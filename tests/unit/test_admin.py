@@ -20,7 +20,7 @@ from otlp_meter.config import load_config
 from otlp_meter.queue import LmdbQueue
 from otlp_meter.rules import RulesEngine
 from tests.unit.queue.test_accounting import balanced
-from tests.unit.rules.otlp import log_record, logs_request
+from tests.unit.rules.otlp import T0, log_record, logs_request
 
 RULE: dict[str, Any] = {
     "name": "tokens",
@@ -307,3 +307,27 @@ def test_writing_commands_do_not_create_a_queue_that_is_not_there(tmp_path: Path
     assert run("dlq", "replay", "--config", str(config))[0] == EXIT_FAILED
     assert run("dlq", "purge", "--config", str(config), "--yes")[0] == EXIT_FAILED
     assert not (tmp_path / "data").exists()
+
+
+def test_an_event_put_back_is_remembered_under_the_key_it_had(tmp_path: Path) -> None:
+    # The dedupe key holds the event's time: a dead event put back must find the key it had (its
+    # time is read from its payload), not add one without a time that a copy would pass by.
+    config = write_config(tmp_path)
+    seed(config, refused=1, rejected=0, queued=0)
+    before = dedupe_keys(config)
+
+    assert run("dlq", "replay", "--config", str(config), "--to-queue")[0] == EXIT_OK
+
+    assert dedupe_keys(config) == before
+    [key] = before
+    assert int.from_bytes(key[:6], "big") == T0 // 1_000_000
+
+
+def dedupe_keys(config: Path) -> list[bytes]:
+    queue = open_queue(config)
+    try:
+        h = queue._require_handles()
+        with h.env.begin() as txn:
+            return [bytes(key) for key, _ in txn.cursor(db=h.dedupe)]
+    finally:
+        queue.close()

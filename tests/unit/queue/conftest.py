@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,19 @@ class FakeClock:
         self.now += seconds
 
 
-def event(n: int, *, source: str = "test", size: int = 0) -> EncodedEvent:
-    """A small CloudEvent; ``size`` pads the payload to about that many bytes."""
-    payload = f'{{"specversion":"1.0","id":"e-{n}","source":"{source}","type":"t","data":{{}}}}'.encode()
+def event(n: int, *, source: str = "test", size: int = 0, time_ms: int = 0) -> EncodedEvent:
+    """A small CloudEvent; ``size`` pads the payload to about that many bytes; ``time_ms`` (Unix
+    ms) gives it a ``time`` (none when 0)."""
+    time = ""
+    if time_ms:
+        seconds, ms = divmod(time_ms, 1000)
+        time = f',"time":"{dt.datetime.fromtimestamp(seconds, dt.UTC):%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"'
+    payload = (
+        f'{{"specversion":"1.0","id":"e-{n}","source":"{source}","type":"t"{time},"data":{{}}}}'.encode()
+    )
     if size > len(payload):
         payload += b" " * (size - len(payload))
-    return EncodedEvent(source=source, id=f"e-{n}", payload=payload)
+    return EncodedEvent(source=source, id=f"e-{n}", payload=payload, time_ms=time_ms)
 
 
 def events(start: int, stop: int, **kwargs: Any) -> list[EncodedEvent]:

@@ -87,17 +87,57 @@ def test_dedupe_keys_are_fixed_size_and_unambiguous() -> None:
     assert codec.event_dedupe_key("ab", "c") != codec.event_dedupe_key("a", "bc")
 
 
-def test_dedupe_keys_are_the_ones_queues_have_always_stored() -> None:
+def test_legacy_dedupe_keys_are_the_ones_queues_stored_before_schema_3() -> None:
     # Computed by the per-update implementation of schema 1: a changed key would let a copy sent
     # across an upgrade through the dedupe window.
-    assert codec.event_dedupe_key("//chat-api", "id-1").hex() == "3d18c7383fd13ff15ed365ef05cdad58"
-    assert codec.event_dedupe_key("", "x").hex() == "749b50613df3ec5e86ea0518045952e2"
+    assert codec.legacy_event_dedupe_key("//chat-api", "id-1").hex() == "3d18c7383fd13ff15ed365ef05cdad58"
+    assert codec.legacy_event_dedupe_key("", "x").hex() == "749b50613df3ec5e86ea0518045952e2"
+
+
+def test_dedupe_keys_are_the_event_time_then_ten_bytes_of_the_legacy_hash() -> None:
+    ms = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
+    key = codec.event_dedupe_key("//chat-api", "id-1", ms)
+
+    assert len(key) == codec.DEDUPE_KEY_SIZE == 16
+    assert key[:6] == ms.to_bytes(6, "big")
+    assert key[6:].hex() == "3d18c7383fd13ff15ed3"  # the legacy key's first 10 bytes
+    assert key.hex() == "019b76daa87b" + "3d18c7383fd13ff15ed3"
+
+
+def test_events_without_a_time_have_zero_in_front() -> None:
+    assert codec.event_dedupe_key("", "x")[:6] == bytes(6)
+    assert codec.event_dedupe_key("", "x", 0) == bytes(6) + bytes.fromhex("749b50613df3ec5e86ea")
+
+
+def test_dedupe_key_times_are_clamped_to_48_bits() -> None:
+    assert codec.event_dedupe_key("s", "i", -5)[:6] == bytes(6)
+    assert codec.event_dedupe_key("s", "i", 1 << 60)[:6] == b"\xff" * 6
+    assert codec.event_dedupe_key("s", "i", (1 << 48) - 1)[:6] == b"\xff" * 6
+    assert codec.MAX_DEDUPE_MS == (1 << 48) - 1
+    events = [EncodedEvent("s", "i", b"{}", -5), EncodedEvent("s", "i", b"{}", 1 << 60)]
+    assert codec.event_dedupe_keys(events) == [
+        codec.event_dedupe_key("s", "i", 0),
+        codec.event_dedupe_key("s", "i", codec.MAX_DEDUPE_MS),
+    ]
+
+
+def test_dedupe_keys_sort_by_event_time() -> None:
+    keys = [codec.event_dedupe_key("s", f"id-{n}", 1_700_000_000_000 + n) for n in range(1000)]
+
+    assert sorted(keys) == keys
 
 
 def test_dedupe_keys_of_a_request_match_the_keys_one_by_one() -> None:
-    events = [EncodedEvent(src, f"id-{n}", b"{}") for n in range(5) for src in ("a", "b", "")]
+    events = [
+        EncodedEvent(src, f"id-{n}", b"{}", 1_700_000_000_000 * (n % 2) + n)
+        for n in range(5)
+        for src in ("a", "b", "")
+    ]
 
-    assert codec.event_dedupe_keys(events) == [codec.event_dedupe_key(e.source, e.id) for e in events]
+    keys = [codec.event_dedupe_key(e.source, e.id, e.time_ms) for e in events]
+    legacy = [codec.legacy_event_dedupe_key(e.source, e.id) for e in events]
+    assert codec.event_dedupe_keys(events) == keys
+    assert codec.event_dedupe_keys_with_legacy(events) == (keys, legacy)
 
 
 def test_an_expiry_index_entry_names_its_keys_in_either_format() -> None:

@@ -33,7 +33,7 @@ def write_schema_1_queue(queue: LmdbQueue, clock: FakeClock, count: int) -> None
                 counters.depth += 1
                 counters.size += len(raw)
                 counters.accepted += 1
-                key = codec.event_dedupe_key(e.source, e.id)
+                key = codec.legacy_event_dedupe_key(e.source, e.id)
                 txn.put(key, codec.encode_expiry(now_ns + HOUR_NS), db=h.dedupe)
                 txn.put(codec.expiry_index_key(now_ns + HOUR_NS, key), b"", db=h.expiry)
             store_counters(txn, h, counters)
@@ -62,7 +62,7 @@ async def test_envelope_1_events_drain_after_an_upgrade(make_queue: QueueFactory
     stats = queue.stats()
     assert (stats.depth, stats.bytes) == (0, 0)
     assert balanced(stats).delivered == 4
-    assert schema_version(queue) == b"2"
+    assert schema_version(queue) == b"3"
 
 
 async def test_keys_of_the_old_expiry_index_still_drop_copies_and_still_expire(
@@ -79,15 +79,16 @@ async def test_keys_of_the_old_expiry_index_still_drop_copies_and_still_expire(
     assert (await queue.append([event(0)])).appended == 1
 
 
-async def test_an_old_index_entry_does_not_forget_a_key_remembered_again_since(
+async def test_an_old_index_entry_forgets_the_old_key_but_not_the_key_remembered_since(
     make_queue: QueueFactory, clock: FakeClock
 ) -> None:
     write_schema_1_queue(make_queue(dedupe_window="1h"), clock, 1)
     queue = make_queue(dedupe_window="1h")
     clock.advance(3601)  # e-0's window ended, but it was not pruned yet
 
-    assert (await queue.append([event(0)])).appended == 1  # remembered again, for another hour
-    assert await queue.prune_dedupe() == 0  # the old entry is due, but e-0 is not
+    assert (await queue.append([event(0)])).appended == 1  # remembered again (schema 3 key), an hour
+    assert await queue.prune_dedupe() == 1  # the old entry is due: its old-format key goes
+    assert queue.stats().dedupe_keys == 1
     assert (await queue.append([event(0)])).deduplicated == 1
 
 
@@ -96,4 +97,4 @@ async def test_an_older_otlp_meter_is_kept_out_of_an_upgraded_queue(
 ) -> None:
     write_schema_1_queue(make_queue(), clock, 1)
 
-    assert schema_version(make_queue()) == b"2"  # which schema 1 refuses to open ("newer")
+    assert schema_version(make_queue()) == b"3"  # which schema 1 refuses to open ("newer")

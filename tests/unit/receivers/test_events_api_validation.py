@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otlp_meter.errors import InvalidEventError
+from otlp_meter.events import payload_time_ms, rfc3339_millis
 from otlp_meter.receivers.cloudevents import BATCH, parse_events, rfc3339_problem, validate_event
 from tests.support import fake_openmeter
 
@@ -117,3 +118,36 @@ def test_duplicate_keys_resolve_to_the_last_as_in_go_and_are_sent_once() -> None
     assert (encoded.source, encoded.id) == ("s", "b")
     assert orjson.loads(encoded.payload)["id"] == "b"
     assert encoded.payload.count(b'"id"') == 1
+
+
+@pytest.mark.parametrize(
+    ("time", "ms"),
+    [
+        ("2026-01-01T00:00:00Z", 1_767_225_600_000),
+        ("2026-01-01T00:00:00.123456789Z", 1_767_225_600_123),
+        ("2026-01-01T01:00:00.5+01:00", 1_767_225_600_500),
+        ("2025-12-31T23:30:00.0019-00:30", 1_767_225_600_001),
+        ("1969-12-31T23:59:59Z", 0),  # before 1970: no time for the dedupe key
+        (None, 0),
+    ],
+)
+def test_events_carry_their_time_in_milliseconds(time: str | None, ms: int) -> None:
+    event = {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "x", "time": time}
+
+    (encoded,) = parse_events(orjson.dumps([event]), BATCH, strict=False, max_events=10)
+
+    assert encoded.time_ms == ms
+    assert payload_time_ms(encoded.payload) == ms
+
+
+def test_an_event_without_a_time_has_time_ms_0() -> None:
+    body = b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x"}'
+
+    (encoded,) = parse_events(body, "application/cloudevents+json", strict=False, max_events=10)
+
+    assert encoded.time_ms == 0
+    assert (rfc3339_millis("not a time"), rfc3339_millis("2026-01-01T00:00:00"), rfc3339_millis(5)) == (
+        0,
+        0,
+        0,
+    )

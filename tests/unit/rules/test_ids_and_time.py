@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 from otlp_meter.rules.values import format_time, parse_rfc3339
@@ -203,3 +204,44 @@ def test_time_from_a_path_takes_nanoseconds_or_rfc3339_text() -> None:
 def test_bad_time_rejects(value: Any, reason: str) -> None:
     result = map_one(rule(event={"time": {"path": "attributes.at"}}), log_record({"at": value}))
     assert reasons(result) == [reason]
+
+
+# --- time_ms (the queue's dedupe keys are ordered by it) ----------------------------------------
+
+
+def times_ms(result: Any) -> list[tuple[int, int]]:
+    """(time_ms, the payload's time in ms) of each event: they must agree."""
+    return [(e.time_ms, parse_rfc3339(orjson.loads(e.payload)["time"]) // 1_000_000) for e in result.events]
+
+
+def test_every_event_carries_its_time_in_milliseconds() -> None:
+    request = logs_request(
+        log_record({"at": T0 + 5_123_456_789}, time=T0 + 1_999_999),
+        log_record({"at": "2024-01-01T02:00:00.25+02:00"}, time=0, observed=0),
+    )
+    for event in (
+        {},  # the default time: record time, then receive time
+        {"time": {"path": "attributes.at"}},
+        {"time": "2025-05-05T05:05:05.5+01:00"},
+        {"time": {"path": "attributes.missing", "default": "2025-05-05T05:05:05Z"}},
+        {"time": {"path": "attributes.missing", "optional": True}},  # falls back to the default time
+    ):
+        pairs = times_ms(engine(rule(event=event)).map_logs(request, RECEIVED))
+        assert len(pairs) == 2
+        assert all(a == b > 0 for a, b in pairs), (event, pairs)
+    default = times_ms(engine(rule()).map_logs(request, RECEIVED))
+    assert [ms for ms, _ in default] == [T0 // 10**6 + 1, RECEIVED // 10**6]
+
+
+def test_metric_points_sharing_a_time_carry_it_in_milliseconds() -> None:
+    request = metrics_request(
+        metric(
+            "m",
+            "gauge",
+            {"value": 1, "time_unix_nano": T0 + 7_000_000},
+            {"value": 2, "time_unix_nano": T0 + 7_000_000},
+            {"value": 3, "time_unix_nano": 0},
+        )
+    )
+    result = engine(rule(signal="metrics")).map_metrics(request, RECEIVED)
+    assert [e.time_ms for e in result.events] == [T0 // 10**6 + 7, T0 // 10**6 + 7, RECEIVED // 10**6]

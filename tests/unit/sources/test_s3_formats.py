@@ -269,3 +269,20 @@ def test_zlib_errors_do_not_escape_as_zlib_errors() -> None:
         list(gunzip(iter([gzip.compress(b"x")[:10] + b"\xff" * 20])))
     assert issubclass(CorruptObject, Exception)
     assert not issubclass(CorruptObject, zlib.error)
+
+
+def test_a_cloudevents_row_carries_its_time_in_milliseconds() -> None:
+    from otlp_meter.events import EncodedEvent
+    from otlp_meter.sources.s3_formats import Position, Row
+    from otlp_meter.sources.s3_reader import cloud_event
+
+    def row(value: dict[str, object]) -> Row:
+        base = {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "x"}
+        return Row(1, 1, {**base, **value}, None, "", Position(), 10)
+
+    timed = cloud_event(row({"time": "2026-01-01T00:00:00.250Z"}))
+    untimed = cloud_event(row({}))
+
+    assert isinstance(timed, EncodedEvent)
+    assert isinstance(untimed, EncodedEvent)
+    assert (timed.time_ms, untimed.time_ms) == (1_767_225_600_250, 0)
