@@ -11,6 +11,7 @@ import httpx
 from otlp_meter import __version__
 from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import Target
+from otlp_meter.exporters.http11 import Http11Transport, proxied_by_environment
 from otlp_meter.exporters.retry import Verdict, parse_retry_after, verdict_for_status
 from otlp_meter.exporters.sink import SendResult, encode_batch
 
@@ -31,7 +32,10 @@ class OpenMeterSink:
 
     One pooled client, ``max_connections`` wide (one per batch in flight); no redirects followed, so
     a misconfigured URL shows up as failures instead of silently posting elsewhere. ``transport``
-    is for tests (``httpx.MockTransport``).
+    is for tests (``httpx.MockTransport``). Without one, direct connections use the lean
+    :class:`Http11Transport` (httpcore costs ~0.4 ms of CPU per request); when the environment
+    routes the endpoint through a proxy (``HTTP(S)_PROXY``/``ALL_PROXY`` not excluded by
+    ``NO_PROXY``, httpx's own matching), httpx's default transport and its proxy support are kept.
     """
 
     name = "openmeter"
@@ -48,13 +52,16 @@ class OpenMeterSink:
         headers = {"content-type": BATCH_CONTENT_TYPE, "user-agent": f"otlp-meter/{__version__}"}
         if target.token is not None:
             headers["authorization"] = f"Bearer {target.token.get_secret_value()}"
+        context = trust(ca_file)
+        if transport is None and not proxied_by_environment(self._url):
+            transport = Http11Transport(context, max_connections)
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
             follow_redirects=False,
-            verify=trust(ca_file),
+            verify=context,
         )
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
