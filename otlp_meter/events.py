@@ -80,7 +80,7 @@ def kept_bytes(payload: bytes) -> bytes:
 
 def encode_payload(event: Any) -> bytes:
     """An event's JSON as it is kept and sent (see :func:`kept_bytes`)."""
-    return memoryview(orjson.dumps(event)).tobytes()
+    return kept_bytes(orjson.dumps(event))
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,9 +162,6 @@ class Group:
 
     # -- writes --
 
-    def put_event(self, record: bytes) -> None:
-        self.put_events((record,))
-
     def put_events(self, records: Sequence[bytes]) -> None:
         """Append ``records`` under the next sequence numbers, in one ``putmulti``."""
         if not records:
