@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,41 @@ import orjson
 import yaml
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_EPHEMERAL_LOW, _EPHEMERAL_HIGH = _ephemeral_range()
+_handed_out: set[int] = set()
+_pick = random.Random(os.getpid())
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and stays free until the service binds it.
+
+    ``bind(0)`` would hand out a port from the kernel's ephemeral range, the same range every
+    outgoing connection takes its local port from: between closing the probe and the service
+    binding, a client connection (the exporter, a test's HTTP client) can take it, and the
+    service fails with "Address already in use". So ports come from below that range, are probed
+    by binding them, and are never handed out twice in one test session.
+    """
+    low, high = (20000, _EPHEMERAL_LOW - 1) if _EPHEMERAL_LOW > 21000 else (_EPHEMERAL_HIGH + 1, 65535)
+    for _ in range(1000):
+        port = _pick.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
