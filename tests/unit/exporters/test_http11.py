@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from otlp_meter.exporters.config import Target
 from otlp_meter.exporters.http11 import Http11Transport, proxied_by_environment
 from otlp_meter.exporters.openmeter import OpenMeterSink, trust
 from tests.support.certs import CertificateAuthority
+from tests.support.service import free_port
 
 Request = tuple[bytes, bytes]  # (head, body)
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -324,11 +324,8 @@ async def test_an_endless_head_is_a_protocol_error(client: Callable[..., httpx.A
 
 
 async def test_a_refused_connection_is_a_connect_error(client: Callable[..., httpx.AsyncClient]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(httpx.ConnectError):
-        await client().post(f"http://127.0.0.1:{port}/", content=b"{}")
+        await client().post(f"http://127.0.0.1:{free_port()}/", content=b"{}")
 
 
 async def test_a_silent_server_is_a_read_timeout(client: Callable[..., httpx.AsyncClient]) -> None:
