@@ -24,10 +24,11 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from tests.e2e.conftest import ServiceFactory
+from tests.e2e.otlp_clients import send_counter
 from tests.e2e.test_delivery_guarantees import LogsClient, config, logs, queue_stats, seqs_of
 from tests.e2e.test_observability import OPENMETRICS, promtool_check
 from tests.support.fake_openmeter import FakeOpenMeter
-from tests.support.service import ServiceProcess, wait_until
+from tests.support.service import ServiceProcess, merge, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc")]
 
@@ -291,3 +292,32 @@ def test_one_worker_is_the_default_and_nothing_is_spawned(
     children = Path(f"/proc/{service.process.pid}/task/{service.process.pid}/children").read_text().split()
     assert children == []
     assert service.metric("otlp_meter_workers") == 0
+
+
+def test_every_process_converts_cumulative_points_but_only_the_primary_forgets_stale_streams(
+    service_factory: ServiceFactory, openmeter: FakeOpenMeter
+) -> None:
+    """Stream expiry deletes state every process reads: it runs in the primary alone, which tells
+    the workers through the streams generation. Each round's stream lands on whichever process the
+    connection hashes to and is forgotten a second later; a worker that also ran expiry would log
+    about half of them (all rounds passing it by: 1 in 16)."""
+    rule = {
+        "name": "api-requests",
+        "match": {"signal": "metrics", "metric": "api.requests"},
+        "event": {
+            "type": "api-requests",
+            "subject": {"path": "attributes.customer"},
+            "data": {"count": {"path": "point.value", "as": "int"}},
+        },
+    }
+    rules = {"rules": {"packs": [], "inline": [rule], "cumulative": {"max_staleness": "1s"}}}
+    service = service_factory(merge(WORKERS, rules)).start()
+
+    def expiries() -> list[dict[str, Any]]:
+        return [e for e in service.log_events() if e["event"] == "cumulative_streams_expired"]
+
+    for n in range(4):
+        send_counter("grpc", service.grpc_endpoint, "api.requests", [(n + 1, {"customer": f"c{n}"})])
+        wait_until(lambda n=n: len(expiries()) > n, timeout=20, what=f"stream c{n} forgotten")  # type: ignore[misc]
+    assert [e.get("worker") for e in expiries()] == [None] * len(expiries())
+    assert sorted(e["data"]["count"] for e in openmeter.wait_for_events(4)) == [1, 2, 3, 4]
