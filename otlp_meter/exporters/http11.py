@@ -2,18 +2,25 @@
 connections (no proxy), because httpcore + anyio + h11 cost ~400 µs of CPU per request.
 
 Scope: one request per connection at a time, keep-alive pool of at most ``max_connections`` per
-origin, TLS through the given ``ssl.SSLContext``. Request bodies are read into memory and written in
-one ``write``. Responses: ``Content-Length``, ``chunked``, or until close; 1xx skipped; HEAD/204/304
-without a body; ``Connection: close`` honoured. No proxies, no HTTP/2, no upgrades, no trailers kept.
+origin, idle connections dropped after ``keepalive_expiry`` (httpx's 5 s: a NAT or load balancer may
+forget a quiet flow without telling either end), TLS through the given ``ssl.SSLContext``. Request
+bodies are read into memory and written in one ``write``. Responses: ``Content-Length``,
+``chunked``, or until close; 1xx skipped; HEAD/204/304 without a body; ``Connection: close``
+honoured; obsolete line folding unfolded. No proxies, no HTTP/2, no upgrades, no trailers kept.
+
+A connection is pooled only after a complete answer; any other end aborts it (no FIN handshake, no
+waiting to flush what the peer will not read), so a stalled peer costs no socket or buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -22,6 +29,8 @@ from httpx._utils import URLPattern, get_environment_proxies
 MAX_HEAD = 64 * 1024  # status line + headers (also the limit of one chunk-size line)
 MAX_BODY = 16 * 1024 * 1024  # beyond this the body is truncated and the connection closed
 _NO_BODY_STATUS = frozenset((204, 304))
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_MAX_LENGTH_DIGITS = 19  # 10**19 bytes: more than anyone sends; and int() of 4300+ digits raises
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -39,20 +48,27 @@ def proxied_by_environment(url: str) -> bool:
 
 
 class _Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = 0.0
 
-    def usable(self) -> bool:
-        """Idle and still open: the peer has not closed it, and sent nothing we did not ask for."""
-        if self.writer.is_closing() or self.reader.at_eof():
+    def usable(self, now: float, expiry: float) -> bool:
+        """Idle not longer than ``expiry`` and still open: the peer has not closed it, and sent
+        nothing we did not ask for."""
+        if now - self.idle_since > expiry or self.writer.is_closing() or self.reader.at_eof():
             return False
-        return not getattr(self.reader, "_buffer", b"")  # a stale answer (e.g. a 408) before a close
+        return not _buffered(self.reader)  # a stale answer (e.g. a 408) before a close
 
-    def close(self) -> None:
-        self.writer.close()
+    def abort(self) -> None:
+        """Drop the connection now: unsent bytes are discarded, the socket is closed (a RST)."""
+        self.writer.transport.abort()
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    return bool(getattr(reader, "_buffer", b""))
 
 
 class _Retry(Exception):
@@ -71,11 +87,19 @@ def _timeouts(request: httpx.Request) -> Mapping[str, float | None]:
 class Http11Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over ``asyncio.open_connection``, keep-alive pool per (scheme, host, port)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 10,
+        keepalive_expiry: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._ssl = ssl_context
         self._max = max_connections
+        self._expiry = keepalive_expiry
+        self._clock = clock
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self._closed = False
@@ -109,14 +133,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await slots.acquire()
         try:
             idle = self._idle[origin]
+            now = self._clock()
             while idle:
                 connection = idle.pop()  # the most recently used: the least likely to be timed out
-                if connection.usable():
+                if connection.usable(now, self._expiry):
                     try:
                         return await self._exchange(connection, origin, request, payload, timeouts, True)
                     except _Retry:
                         break
-                connection.close()
+                connection.abort()
             connection = await self._connect(origin, request, timeouts)
             try:
                 return await self._exchange(connection, origin, request, payload, timeouts, False)
@@ -179,18 +204,23 @@ class Http11Transport(httpx.AsyncBaseTransport):
             return response
         finally:
             if keep:
+                connection.idle_since = self._clock()
                 self._idle[origin].append(connection)
-            else:
-                connection.close()
+            else:  # an error, a cancel, a timeout, or an answer that ends the connection
+                connection.abort()
 
     async def aclose(self) -> None:
-        """Close every connection (idle ones now; busy ones when their request ends)."""
+        """Close every connection (idle ones now; busy ones when their request ends).
+
+        Idle connections have nothing left to send: they are aborted, not shut down politely,
+        so a peer that no longer answers (a TLS close_notify never comes) cannot hold up a stop.
+        """
         self._closed = True
         closing = [c for idle in self._idle.values() for c in idle]
         for idle in self._idle.values():
             idle.clear()
         for connection in closing:
-            connection.close()
+            connection.abort()
         for connection in closing:
             with contextlib.suppress(OSError):  # already broken: closed is closed
                 await connection.writer.wait_closed()
@@ -235,12 +265,18 @@ async def _read_response(
             if b"close" in [token.strip().lower() for token in value.split(b",")]:
                 keep = False
         elif lowered == b"content-length":
-            if not value.isdigit() or (content_length is not None and int(value) != content_length):
-                raise httpx.RemoteProtocolError(f"bad Content-Length {value!r}", request=request)
+            if (
+                not value.isdigit()
+                or len(value) > _MAX_LENGTH_DIGITS
+                or (content_length is not None and int(value) != content_length)
+            ):
+                raise httpx.RemoteProtocolError(f"bad Content-Length {value[:40]!r}", request=request)
             content_length = int(value)
         elif lowered == b"transfer-encoding":
             chunked = value.split(b",")[-1].strip().lower() == b"chunked"
             until_close = not chunked
+    if chunked and content_length is not None:
+        keep = False  # both framings: a smuggling attempt or a broken proxy (RFC 9112 6.3); no reuse
     if request.method == "HEAD" or status in _NO_BODY_STATUS:
         body = b""
     elif chunked:
@@ -281,8 +317,8 @@ async def _read_head(reader: asyncio.StreamReader, request: httpx.Request, retri
         raise httpx.RemoteProtocolError(f"response head over {MAX_HEAD} bytes", request=request) from None
     except OSError as exc:
         read_error = httpx.ReadError(str(exc) or type(exc).__name__, request=request)
-        if retriable and isinstance(exc, ConnectionError):
-            raise _Retry(read_error) from exc
+        if retriable and isinstance(exc, ConnectionError) and not _buffered(reader):
+            raise _Retry(read_error) from exc  # reset before any byte of the answer
         raise read_error from exc
 
 
@@ -298,6 +334,10 @@ def _parse_head(head: bytes, request: httpx.Request) -> tuple[int, bytes, bytes,
         raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:100]!r}", request=request)
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding: one space (RFC 9112 5.2)
+            name, value = headers[-1]
+            headers[-1] = (name, (value + b" " + line.strip()).strip())
+            continue
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
             raise httpx.RemoteProtocolError(f"malformed header line {line[:100]!r}", request=request)
@@ -313,11 +353,10 @@ async def _read_chunked(reader: asyncio.StreamReader, request: httpx.Request) ->
         while True:
             line = await reader.readuntil(b"\r\n")
             size_text = line[:-2].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
+            if not _CHUNK_SIZE.fullmatch(size_text):  # int() would take "-3", "0x10", "1_0"
                 message = f"bad chunk size {size_text[:20]!r}"
-                raise httpx.RemoteProtocolError(message, request=request) from None
+                raise httpx.RemoteProtocolError(message, request=request)
+            size = int(size_text, 16)
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers: read and dropped
                     pass

@@ -183,14 +183,31 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_
         assert (await http.post(server.url, content=b"1")).status_code == 204
         await closed.wait()
         (idle,) = transport._idle[("http", "127.0.0.1", server.port)]
+        now = idle.idle_since  # not expired: closed is what makes it unusable
         for _ in range(100):  # the client's loop reads the FIN within an iteration or two
-            if not idle.usable():
+            if not idle.usable(now, 5.0):
                 break
             await asyncio.sleep(0)
-        assert not idle.usable()  # seen as closed before use: no failed attempt, no retry
+        assert not idle.usable(now, 5.0)  # seen as closed before use: no failed attempt, no retry
         assert (await http.post(server.url, content=b"2")).status_code == 204
     assert server.connections == 2
     assert transport.connections_opened == 2
+
+
+async def test_a_connection_idle_longer_than_keepalive_expiry_is_replaced_not_reused(
+    client: Callable[..., httpx.AsyncClient],
+) -> None:
+    """A NAT or load balancer may forget a quiet flow without a FIN: after ``keepalive_expiry``
+    the connection is not trusted any more (a request on it could wait out the read timeout)."""
+    now = [0.0]
+    transport = Http11Transport(None, 1, keepalive_expiry=5.0, clock=lambda: now[0])
+    async with Server(answering(answer(204))) as server:
+        http = client(transport)
+        for at in (0.0, 4.0, 8.9, 15.0):  # 4 and 4.9 s idle: reused; 6.1 s: replaced
+            now[0] = at
+            assert (await http.post(server.url, content=b"{}")).status_code == 204
+    assert transport.connections_opened == 2
+    assert server.connections == 2
 
 
 async def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_fresh_one(
@@ -305,9 +322,22 @@ async def test_an_oversized_body_is_cut_and_its_connection_closed(
 # -- failures --------------------------------------------------------------------------------------
 
 
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
 @pytest.mark.parametrize(
     "garbage",
-    [b"HTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+    [
+        b"HTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        _CHUNKED + b"-3\r\nabc\r\n0\r\n\r\n",
+        _CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n",
+        _CHUNKED + b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n",
+    ],
+    ids=["status", "code", "header", "huge-length", "minus-length", "minus-chunk", "0x-chunk", "_-chunk"],
 )
 async def test_a_malformed_answer_is_a_protocol_error(
     client: Callable[..., httpx.AsyncClient], garbage: bytes
@@ -315,6 +345,28 @@ async def test_a_malformed_answer_is_a_protocol_error(
     async with Server(answering(garbage)) as server:
         with pytest.raises(httpx.RemoteProtocolError):
             await client().post(server.url, content=b"{}")
+
+
+async def test_a_folded_header_line_is_unfolded_into_one_value(
+    client: Callable[..., httpx.AsyncClient],
+) -> None:
+    folded = b"HTTP/1.1 200 OK\r\nX-Note: one\r\n  two\r\n\tthree\r\nContent-Length: 2\r\n\r\nok"
+    async with Server(answering(folded)) as server:
+        response = await client().post(server.url, content=b"{}")
+    assert response.headers["x-note"] == "one two three"
+    assert (response.status_code, response.content) == (200, b"ok")
+
+
+async def test_an_answer_framed_both_chunked_and_by_length_is_read_chunked_and_its_connection_dropped(
+    client: Callable[..., httpx.AsyncClient],
+) -> None:
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    transport = Http11Transport(None, 1)
+    async with Server(answering(both)) as server:
+        http = client(transport)
+        for _ in range(2):
+            assert (await http.post(server.url, content=b"{}")).content == b"ok"
+    assert transport.connections_opened == 2
 
 
 async def test_an_endless_head_is_a_protocol_error(client: Callable[..., httpx.AsyncClient]) -> None:
@@ -347,6 +399,30 @@ async def test_a_server_that_does_not_read_is_a_write_timeout(
     async with Server(deaf) as server:
         with pytest.raises(httpx.WriteTimeout):
             await client(timeout=httpx.Timeout(5.0, write=0.05)).post(server.url, content=b"x" * 64_000_000)
+
+
+async def test_a_write_timeout_drops_the_connection_with_what_it_had_not_sent(
+    client: Callable[..., httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A polite close would wait, socket and buffer held, for a peer that no longer reads."""
+    writers: list[asyncio.StreamWriter] = []
+    connect = asyncio.open_connection
+
+    async def recording(*args: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await connect(*args, **kwargs)
+        writers.append(writer)
+        return reader, writer
+
+    async def deaf(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.release.wait()
+
+    monkeypatch.setattr(asyncio, "open_connection", recording)
+    async with Server(deaf) as server:
+        with pytest.raises(httpx.WriteTimeout):
+            await client(timeout=httpx.Timeout(5.0, write=0.05)).post(server.url, content=b"x" * 64_000_000)
+        [writer] = writers
+        assert writer.transport.get_write_buffer_size() == 0
+        await asyncio.wait_for(writer.wait_closed(), 5.0)  # closed while the server still does not read
 
 
 async def test_a_connect_that_hangs_is_a_connect_timeout(
@@ -434,6 +510,28 @@ async def test_tls_with_the_private_ca_is_verified_and_kept_alive(
         for _ in range(3):
             assert (await http.post(server.url, content=b"{}")).status_code == 204
     assert transport.connections_opened == 1
+
+
+async def test_aclose_does_not_wait_for_a_tls_peer_that_stopped_answering(
+    tls_server_context: tuple[ssl.SSLContext, Path],
+) -> None:
+    """A TLS close waits for the peer's close_notify (30 s by default); an idle connection has
+    nothing to send, so a stop must not wait on a peer that went quiet."""
+    context, ca_file = tls_server_context
+
+    async def answer_once_then_hang(
+        server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await server.next_request(reader)
+        writer.write(answer(204))
+        await writer.drain()
+        writer.transport.pause_reading()  # reads nothing more: no close_notify answered
+        await server.release.wait()
+
+    async with Server(answer_once_then_hang, context) as server:
+        http = httpx.AsyncClient(transport=Http11Transport(trust(ca_file), 2))
+        assert (await http.post(server.url, content=b"{}")).status_code == 204
+        await asyncio.wait_for(http.aclose(), 5.0)
 
 
 async def test_tls_with_another_ca_is_refused(
