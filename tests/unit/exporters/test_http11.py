@@ -525,7 +525,9 @@ async def test_aclose_does_not_wait_for_a_tls_peer_that_stopped_answering(
         await server.next_request(reader)
         writer.write(answer(204))
         await writer.drain()
-        writer.transport.pause_reading()  # reads nothing more: no close_notify answered
+        transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()  # reads nothing more: no close_notify answered
         await server.release.wait()
 
     async with Server(answer_once_then_hang, context) as server:
