@@ -12,6 +12,7 @@ receivers, rules and pipeline on the same ports and queue, and no exporter, sour
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import time
@@ -37,6 +38,7 @@ from otlp_meter.receivers.otlp_grpc import SERVICE_NAMES, OtlpGrpcReceiver
 from otlp_meter.receivers.otlp_http import otlp_http_app
 from otlp_meter.receivers.tls import ServerTls
 from otlp_meter.rules.engine import RulesEngine
+from otlp_meter.rules.loader import rule_file_texts
 from otlp_meter.sources.config import build_sources
 from otlp_meter.sources.runner import PipelineSink, SourceRunner
 from otlp_meter.telemetry.health import Check, HealthService, ReadinessReport
@@ -73,11 +75,18 @@ class Service:
     ) -> None:
         self.config = config
         self.worker = worker
+        # The rule files are read once, by the primary: a worker (re)started later compiles the same.
+        if worker is not None and document is not None:
+            rule_texts = dict(document.rule_files)
+        else:
+            rule_texts = rule_file_texts(config.rules)
+            if document is not None:
+                document = dataclasses.replace(document, rule_files=rule_texts)
         self._document = document
         self._reuse_port = config.service.workers > 1
         self.pool: WorkerPool | None = None
         self.metrics = Metrics(migration_aliases=config.telemetry.metrics.migration_aliases)
-        self.engine = RulesEngine.from_config(config.rules)
+        self.engine = RulesEngine.from_config(config.rules, texts=rule_texts)
         self.target = resolve_target(
             config.exporter, config.queue.directory, env if env is not None else os.environ
         )

@@ -78,10 +78,13 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True, slots=True)
 class ConfigDocument:
-    """The config as the primary read it: the file's text and path (None: the embedded defaults)."""
+    """The config as the primary read it: the file's text and path (None: the embedded defaults),
+    and the texts of the rule files it names, as the primary read them when it started (a worker
+    started later compiles those, not what the files say by then)."""
 
     text: str
     path: Path | None
+    rule_files: Mapping[str, str] = field(default_factory=dict)
 
     def parse(self, env: Mapping[str, str]) -> Config:
         if self.path is None:
@@ -246,7 +249,8 @@ def worker_main(argv: Sequence[str]) -> int:
 
     try:
         message = read_frame(0)
-        document = ConfigDocument(message["config"], Path(message["path"]) if message["path"] else None)
+        path = Path(message["path"]) if message["path"] else None
+        document = ConfigDocument(message["config"], path, dict(message.get("rule_files") or {}))
         config = with_endpoints(document.parse(os.environ), message["endpoints"])
     except EOFError:
         return EXIT_OK
@@ -278,7 +282,7 @@ def worker_main(argv: Sequence[str]) -> int:
 
         os.set_blocking(0, False)
         loop.add_reader(0, lifeline)
-        await Service(config, worker=link).run(stop)
+        await Service(config, document=document, worker=link).run(stop)
 
     try:
         return serve(main)
@@ -293,6 +297,8 @@ def worker_main(argv: Sequence[str]) -> int:
 class _Slot:
     number: int
     process: asyncio.subprocess.Process | None = None
+    link: int = 0
+    """The link of the slot's current process (its messages; a dead predecessor's are ignored)."""
     ready: bool = False
     restarts: int = 0
     task: asyncio.Task[None] | None = None
@@ -351,7 +357,9 @@ class WorkerPool:
         self._on_wake = on_wake
         self._metrics = metrics
         self._backoff = backoff or Backoff(RESTART_BACKOFF)
-        self._command = list(command or [sys.executable, "-m", "otlp_meter", WORKER_COMMAND])
+        # -P: the working directory is not put on sys.path, so a worker imports the primary's code,
+        # not whatever otlp_meter/ (or a module named like the stdlib's) lies where it was started.
+        self._command = list(command or [sys.executable, "-P", "-m", "otlp_meter", WORKER_COMMAND])
         self._stopping = asyncio.Event()
         self._wake_r: int | None = None
         self._wake_w: int | None = None
@@ -365,6 +373,7 @@ class WorkerPool:
     def start(self) -> None:
         """Spawn every worker (on the running loop); readiness follows as they report."""
         loop = asyncio.get_running_loop()
+        _stop_inheritance()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._wake_r, self._drain_wake)
         for slot in self._slots:
@@ -392,6 +401,8 @@ class WorkerPool:
                     self._invalid_logged.add(link)
                     log.warning("worker_metrics_invalid", worker=slot.number, error=str(exc))
         elif kind == "ready":
+            if link and link != slot.link:
+                return  # a message of a process that has exited since: not this slot's readiness
             slot.ready = True
             self._observe()
             log.info("worker_ready", worker=slot.number, pid=message.get("pid"))
@@ -440,9 +451,11 @@ class WorkerPool:
             started = loop.time()
             try:
                 process = await self._spawn(slot)
-            except OSError as exc:
-                log.error("worker_spawn_failed", worker=slot.number, error=str(exc))
+            except Exception as exc:
+                log.error("worker_spawn_failed", worker=slot.number, error=repr(exc))
             else:
+                if self._stopping.is_set():  # stop() ran while it was being spawned: it missed it
+                    _signal(process, signal.SIGTERM)
                 code = await process.wait()
                 if process.stdin is not None:
                     process.stdin.close()
@@ -488,19 +501,42 @@ class WorkerPool:
         finally:
             os.close(control_w)
         slot.process = process
-        link = next(self._links)
-        await loop.connect_read_pipe(
-            lambda: _Control(self, slot, link), os.fdopen(control_r, "rb", buffering=0)
-        )
-        assert process.stdin is not None
-        path = self._document.path
-        message = {"config": self._document.text, "path": str(path) if path else None}
-        process.stdin.write(frame({**message, "endpoints": self._endpoints, "slot": slot.number}))
-        # The pipe stays open: its end is how the worker learns that the primary is gone.
-        with contextlib.suppress(ConnectionError):
-            await process.stdin.drain()
+        slot.link = link = next(self._links)
+        try:
+            await loop.connect_read_pipe(
+                lambda: _Control(self, slot, link), os.fdopen(control_r, "rb", buffering=0)
+            )
+            assert process.stdin is not None
+            path = self._document.path
+            message = {
+                "config": self._document.text,
+                "path": str(path) if path else None,
+                "rule_files": dict(self._document.rule_files),
+            }
+            process.stdin.write(frame({**message, "endpoints": self._endpoints, "slot": slot.number}))
+            # The pipe stays open: its end is how the worker learns that the primary is gone.
+            with contextlib.suppress(ConnectionError):
+                await process.stdin.drain()
+        except BaseException:  # not supervised: it must not run on (the slot spawns another)
+            _signal(process, signal.SIGKILL)
+            await process.wait()
+            slot.process = None
+            raise
         log.info("worker_started", worker=slot.number, pid=process.pid)
         return process
+
+
+def _stop_inheritance() -> None:
+    """Make every descriptor the primary holds close on exec: the workers get what ``pass_fds``
+    names and nothing else (uvloop's subprocesses do not implement ``close_fds``), so a pipe or
+    socket the primary inherited from whatever started it does not live on in every worker."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2:
+                with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                    if os.get_inheritable(fd):
+                        os.set_inheritable(fd, False)
 
 
 def _signal(process: asyncio.subprocess.Process | None, signum: int) -> None:

@@ -20,7 +20,7 @@ Everything here is pure except reading rule files at load time (and the dry run'
 from otlp_meter.rules.compile import CompiledRule, compile_rule
 from otlp_meter.rules.delta import StreamStates
 from otlp_meter.rules.engine import MappingResult, RulesEngine
-from otlp_meter.rules.loader import available_packs, load_rules, read_rule_file
+from otlp_meter.rules.loader import available_packs, load_rules, read_rule_file, rule_file_texts
 from otlp_meter.rules.model import RuleModel, RulesConfig
 
 __all__ = [
@@ -34,4 +34,5 @@ __all__ = [
     "compile_rule",
     "load_rules",
     "read_rule_file",
+    "rule_file_texts",
 ]

@@ -15,7 +15,7 @@ metrics some rule could match are converted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,13 +136,16 @@ class RulesEngine:
         cumulativetodelta processor (a restart forgets them); the pipeline passes persistent ones."""
 
     @classmethod
-    def from_config(cls, config: RulesConfig, *, config_key: str = "rules") -> RulesEngine:
+    def from_config(
+        cls, config: RulesConfig, *, config_key: str = "rules", texts: Mapping[str, str] | None = None
+    ) -> RulesEngine:
         """Load and compile inline rules, rule files and packs; raise ``ConfigError`` on problems.
 
-        ``config_key`` is where ``config`` sits in the main config, for problem paths.
+        ``config_key`` is where ``config`` sits in the main config, for problem paths; ``texts``:
+        the rule files' texts (``loader.rule_file_texts``) instead of reading them now.
         """
         return cls(
-            load_rules(config, config_key=config_key),
+            load_rules(config, config_key=config_key, texts=texts),
             initial_value=config.cumulative.initial_value,
             max_streams=config.cumulative.max_streams,
             max_staleness=config.cumulative.max_staleness,

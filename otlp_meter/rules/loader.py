@@ -8,7 +8,7 @@ which live in the main config) and whose paths are YAML paths inside it, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -33,13 +33,26 @@ def pack_path(name: str) -> Path:
     return PACKS_DIR / f"{name}.yaml"
 
 
-def read_rule_file(path: Path) -> list[RuleModel]:
-    """Read and validate one rule file; problems raise ``ConfigError`` with ``source=path``."""
-    source = str(path)
+def read_rule_text(path: Path) -> str:
+    """The text of one rule file; a file that cannot be read raises ``ConfigError`` with ``source=path``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([("", f"cannot read rule file: {exc.strerror or exc}")], source) from None
+        raise ConfigError([("", f"cannot read rule file: {exc.strerror or exc}")], str(path)) from None
+
+
+def rule_file_texts(config: RulesConfig) -> dict[str, str]:
+    """The text of each of ``config.files``, by path: what :func:`load_rules` compiles when given
+    them (an intake worker compiles what its primary read, even after the files changed)."""
+    return {str(path): read_rule_text(path) for path in config.files}
+
+
+def read_rule_file(path: Path, text: str | None = None) -> list[RuleModel]:
+    """Read (unless ``text`` is given) and validate one rule file; problems raise ``ConfigError``
+    with ``source=path``."""
+    source = str(path)
+    if text is None:
+        text = read_rule_text(path)
     try:
         document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -82,12 +95,16 @@ def _check_subjects(config: RulesConfig, config_key: str) -> None:
         raise ConfigError(list(dict.fromkeys(problems)))
 
 
-def load_rules(config: RulesConfig, *, config_key: str = "rules") -> list[CompiledRule]:
+def load_rules(
+    config: RulesConfig, *, config_key: str = "rules", texts: Mapping[str, str] | None = None
+) -> list[CompiledRule]:
     """Compile ``config``'s rules in evaluation order: inline, then files, then packs.
 
     ``config_key`` is where ``config`` sits in the main config; it prefixes the problem paths of
-    inline rules and packs. Rule names must be unique across everything loaded.
+    inline rules and packs. Rule names must be unique across everything loaded. ``texts``: the rule
+    files' texts by path (:func:`rule_file_texts`), instead of reading them now.
     """
+    texts = texts or {}
     known = available_packs()
     unknown = [
         (f"{config_key}.packs[{i}]", f"unknown pack '{name}'; available: {', '.join(known) or 'none'}")
@@ -103,7 +120,7 @@ def load_rules(config: RulesConfig, *, config_key: str = "rules") -> list[Compil
         raise ConfigError(unknown)
     _check_subjects(config, config_key)
     groups: list[tuple[Sequence[RuleModel], str, str]] = [(config.inline, "", f"{config_key}.inline")]
-    groups += [(read_rule_file(path), str(path), "rules") for path in config.files]
+    groups += [(read_rule_file(path, texts.get(str(path))), str(path), "rules") for path in config.files]
     groups += [
         (
             _with_subject(read_rule_file(pack_path(name)), config.subjects.get(name)),

@@ -21,11 +21,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from tests.e2e.conftest import ServiceFactory
 from tests.e2e.otlp_clients import send_counter
-from tests.e2e.test_delivery_guarantees import LogsClient, config, logs, queue_stats, seqs_of
+from tests.e2e.test_delivery_guarantees import LogsClient, config, logs, queue_stats, seq_rule, seqs_of
 from tests.e2e.test_observability import OPENMETRICS, promtool_check
 from tests.support.fake_openmeter import FakeOpenMeter
 from tests.support.service import ServiceProcess, merge, wait_until
@@ -321,3 +322,36 @@ def test_every_process_converts_cumulative_points_but_only_the_primary_forgets_s
         wait_until(lambda n=n: len(expiries()) > n, timeout=20, what=f"stream c{n} forgotten")  # type: ignore[misc]
     assert [e.get("worker") for e in expiries()] == [None] * len(expiries())
     assert sorted(e["data"]["count"] for e in openmeter.wait_for_events(4)) == [1, 2, 3, 4]
+
+
+def test_a_restarted_worker_runs_the_rule_files_the_primary_read_at_start(
+    service_factory: ServiceFactory, openmeter: FakeOpenMeter, tmp_path: Path
+) -> None:
+    """Rule files are read once, by the primary: an edit after the start (valid or not) reaches no
+    process, not even a worker started again later, so every process bills by the same rules."""
+    rule_file = tmp_path / "usage.yaml"
+    rule_file.write_text(yaml.safe_dump({"rules": [seq_rule()]}))
+    rules = {"rules": {"packs": [], "inline": [], "files": [str(rule_file)]}}
+    service = service_factory(merge(WORKERS, rules)).start()
+    [worker] = worker_pids(service)
+    edited = seq_rule()
+    edited["event"]["type"] = "edited"
+    rule_file.write_text(yaml.safe_dump({"rules": [edited]}))
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: ready_with_new_worker(service, worker), timeout=20, what="a new worker ready")
+    [again] = worker_pids(service)
+    primary = service.process.pid if service.process else 0
+    channels = [Channel(service.grpc_endpoint) for _ in range(CONNECTIONS)]
+    try:
+        for n, channel in enumerate(channels):
+            channel.send(logs([n]))
+        held = accepted_connections([primary, again], service.grpc_port)
+        assert held[again] > 0, f"the new worker took no connection: {held}"
+    finally:
+        for channel in channels:
+            channel.close()
+    events = openmeter.wait_for_events(CONNECTIONS)
+    assert {e["type"] for e in events} == {"usage"}
+    rule_file.write_text("rules: [")  # not even a broken file stops a worker from starting again
+    os.kill(again, signal.SIGKILL)
+    wait_until(lambda: ready_with_new_worker(service, again), timeout=20, what="a worker ready again")

@@ -190,7 +190,7 @@ def pool(metrics: Metrics) -> WorkerPool:
 def test_the_primary_reads_snapshots_from_the_control_pipe_and_retires_them_at_its_end() -> None:
     primary = Metrics(process=False)
     workers = pool(primary)
-    slot = _Slot(1)
+    slot = _Slot(1, link=7)
     control = _Control(workers, slot, 7)
     line = orjson.dumps(process(4).snapshot()) + b"\n"
     control.data_received(b'{"type":"ready","pid":1}\n' + line[:10])  # lines arrive in pieces
