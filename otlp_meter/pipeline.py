@@ -35,11 +35,8 @@ MAX_REASONS_IN_MESSAGE = 3
 _MAX_DETAIL = 300
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
-STREAMS_GENERATION_KEY = b"pipeline/streams-generation"
-"""State key counting commits that changed cumulative stream state (8 bytes big-endian); outside
-the ``delta/`` prefix of stream keys and the ``source/`` prefix of source cursors."""
 MAX_STATE_CONFLICTS = 5
-"""Tries of one request whose stream state another process keeps changing; then it is refused
+"""Tries of one request whose streams' state another process keeps changing; then it is refused
 (retryable)."""
 EXPIRY_INTERVAL = 3600.0
 """Seconds between stream expiry passes (``rules.cumulative.max_staleness`` if shorter)."""
@@ -82,8 +79,9 @@ class Pipeline:
         self._open = True
         self._rejections = ThrottledLog(log, "records_dead_lettered")
         self._streams: StreamStates | None = None
-        self._streams_generation: bytes | None = None
-        """The streams generation stored in the queue when ``_streams`` was last known current."""
+        self._streams_stale = False
+        """Reload ``_streams`` before the next cumulative mapping (another process, or this one's
+        expiry, changed what it caches)."""
         # Cumulative-to-delta reads and advances per-stream state: mapping and committing one request
         # must finish before the next request's mapping reads that state.
         self._streams_lock = asyncio.Lock()
@@ -93,18 +91,18 @@ class Pipeline:
     def open_streams(self) -> None:
         """Load cumulative stream state from the queue (after the queue is open; again to forget
         what is cached, e.g. after another process changed it)."""
-        self._streams_generation = self._queue.get_state(STREAMS_GENERATION_KEY)
         self._streams = self._engine.stream_states(self._queue.get_state, self._clock_ns())
+        self._streams_stale = False
 
     async def expire_streams(self) -> int:
         """One expiry pass: delete the states of streams last seen more than
         ``rules.cumulative.max_staleness`` ago (by the pipeline's clock), in transactions of at
         most :data:`EXPIRY_BATCH` states read; returns how many. The primary alone runs it.
 
-        Each transaction that deletes also raises the watermark (``delta.expire_streams``) and the
-        streams generation: every process's cache (this one's too) reloads before its next
-        cumulative mapping, and an append mapped with a cache from before is refused by the
-        generation check (StateConflictError, mapped again), so no stale state is written back.
+        Each transaction that deletes also raises the watermark (``delta.expire_streams``). An
+        append mapped with a cache from before (this process's or a worker's) expects the states
+        and the watermark it read, so it is refused (StateConflictError, the cache reloaded, the
+        request mapped again) and no stale state is written back.
         """
         staleness_ns = int(self._engine.max_staleness * 1e9)
         if staleness_ns <= 0:
@@ -119,6 +117,7 @@ class Pipeline:
                 self._expired.inc(expired)
         if total:
             log.info("cumulative_streams_expired", streams=total, last_point_before_ns=horizon_ns)
+            self._streams_stale = True  # the next cumulative request reloads, and is not refused
         return total
 
     def start_expiry(self) -> None:
@@ -182,6 +181,7 @@ class Pipeline:
                     return await self._commit_cumulative(request, state)
                 except StateConflictError:
                     log.debug("stream_state_conflict", action="reloading stream state and mapping again")
+                    self._streams_stale = True
             raise StateConflictError(
                 f"stream state kept changing under this request ({MAX_STATE_CONFLICTS} tries); retry",
                 retry_after=1.0,
@@ -193,22 +193,17 @@ class Pipeline:
         """Map and commit one request with cumulative points (under the streams lock).
 
         Another process appending to the same queue (an intake worker) may advance the same
-        streams: the cache is trusted only while the streams generation stored in the queue is the
-        one it was built at, and the append commits only if that still holds (else
-        StateConflictError, nothing stored, the cache reloaded).
+        streams, so the cache may be stale: the append commits only if every state the mapping
+        read is still what it read (``MappingResult.state_expect``); else StateConflictError,
+        nothing stored, and the caller reloads the cache and maps again.
         """
-        generation = self._queue.get_state(STREAMS_GENERATION_KEY)
-        if generation != self._streams_generation or self._streams is None:
+        if self._streams is None or self._streams_stale:
             self.open_streams()  # read lazily from the queue from now on
-            generation = self._streams_generation
         streams = self._streams
         assert streams is not None
         mapped = self._engine.map_metrics(request, self._clock_ns(), streams)
         updates = {**(state or {}), **mapped.state_updates}
-        expect: dict[bytes, bytes | None] | None = None
-        if mapped.state_updates:
-            expect = {STREAMS_GENERATION_KEY: generation}
-            updates[STREAMS_GENERATION_KEY] = _next_generation(generation)
+        expect = mapped.state_expect or None
         commit = asyncio.ensure_future(self._commit("metrics", mapped, updates, expect))
         try:
             result = await asyncio.shield(commit)
@@ -221,16 +216,14 @@ class Pipeline:
         except BaseException:
             self._forget(streams, mapped.state_token)
             raise
-        if expect is not None:
-            self._streams_generation = updates[STREAMS_GENERATION_KEY]
         return result
 
     def _forget(self, streams: StreamStates, token: int | None) -> None:
         """The append failed (or may have): memory must not keep what it did not commit."""
         if token is not None:
             streams.rollback(token)
-        # Whether it committed is unknown (or another process won): the next request compares the
-        # generation again, and reloads if it moved.
+        # Whether it committed is unknown: the streams it touched are read back from the queue when
+        # next seen (another process won: the caller drops the whole cache).
 
     async def ingest_events(
         self, events: Sequence[EncodedEvent], state: Mapping[bytes, bytes | None] | None = None
@@ -319,14 +312,6 @@ def _expiry_plan(
     get: Callable[[bytes], bytes | None],
     scan: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
 ) -> tuple[dict[bytes, bytes | None], tuple[int, bytes | None]]:
-    """One expiry transaction (inside the queue's writer): what expired, and the generation bump."""
+    """One expiry transaction (inside the queue's writer): its updates, how many expired, where next."""
     expiry = delta.expire_streams(get, scan, horizon_ns, start, EXPIRY_BATCH)
-    updates = expiry.updates
-    if expiry.expired:
-        updates[STREAMS_GENERATION_KEY] = _next_generation(get(STREAMS_GENERATION_KEY))
-    return updates, (expiry.expired, expiry.next_key)
-
-
-def _next_generation(generation: bytes | None) -> bytes:
-    current = int.from_bytes(generation, "big") if generation is not None and len(generation) == 8 else 0
-    return ((current + 1) % (1 << 64)).to_bytes(8, "big")
+    return expiry.updates, (expiry.expired, expiry.next_key)

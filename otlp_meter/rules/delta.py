@@ -38,7 +38,7 @@ import hashlib
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
@@ -120,10 +120,12 @@ class StreamState(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class StateChange:
-    """What one mapping changed: ``updates`` for the state database, and the rollback token."""
+    """What one mapping changed: ``updates`` for the state database, the rollback token, and what
+    the database must still hold for the updates to be right (``StreamStates``: ``expect``)."""
 
     updates: dict[bytes, bytes | None]
     token: int
+    expect: dict[bytes, bytes | None] = field(default_factory=dict)
 
 
 class StreamStates:
@@ -143,6 +145,13 @@ class StreamStates:
 
     Keys read during a mapping stay in memory until the next ``begin`` so a mapping never reads
     back an older committed value of a key it changed.
+
+    Another process may commit states of the same streams (intake workers share the queue), so
+    memory may be stale. ``finish`` also returns ``expect``: the stored value each state the
+    mapping read had when it read it (from memory or from the database), and the first-start time
+    and watermark as read. The append commits only if the database still holds exactly those
+    (else ``StateConflictError``: nothing stored; reload and map again). Processes that touch
+    different streams never conflict.
     """
 
     def __init__(self, load: Load | None = None, *, started_ns: int, max_streams: int = 100_000) -> None:
@@ -151,13 +160,20 @@ class StreamStates:
         self._memory: OrderedDict[bytes, StreamState] = OrderedDict()
         self._undo: dict[bytes, object] | None = None  # key → state before this mapping, or _ABSENT
         self._updates: dict[bytes, bytes | None] = {}
-        self._last: tuple[int, dict[bytes, object], bool] | None = None  # (token, undo, wrote first)
+        self._read: dict[bytes, StreamState | bytes | None] = {}
+        """Each key the mapping read → what it read: a state from memory, or the stored bytes."""
+        # (token, undo, the first-start time as read if this mapping wrote it, else _ABSENT)
+        self._last: tuple[int, dict[bytes, object], object] | None = None
         self._token = 0
         raw = load(FIRST_START_KEY) if load is not None else None
+        self._meta: dict[bytes, bytes | None] = {}
+        """The first-start time and the watermark as stored when read (what ``expect`` checks)."""
+        if load is not None:
+            self._meta = {FIRST_START_KEY: raw, EXPIRED_BEFORE_KEY: load(EXPIRED_BEFORE_KEY)}
         self._first_start_pending = raw is None or len(raw) != 8
         self.first_start_ns = started_ns if self._first_start_pending else int.from_bytes(raw, "big")  # type: ignore[arg-type]
         """When the collector first started (persisted), or ``started_ns`` on a first start."""
-        self.expired_before_ns = _read_ns(load(EXPIRED_BEFORE_KEY)) if load is not None else 0
+        self.expired_before_ns = _read_ns(self._meta.get(EXPIRED_BEFORE_KEY))
         """The watermark as read (:data:`EXPIRED_BEFORE_KEY`): streams that started earlier may
         have been forgotten. A cache is only as current as this: reload after an expiry."""
 
@@ -171,7 +187,7 @@ class StreamStates:
         self._last = None  # the previous mapping's append succeeded (or nobody will roll it back)
         while len(self._memory) > self._max:
             self._memory.popitem(last=False)
-        self._undo, self._updates = {}, {}
+        self._undo, self._updates, self._read = {}, {}, {}
         if self._first_start_pending:
             self._updates[FIRST_START_KEY] = self.first_start_ns.to_bytes(8, "big")
 
@@ -180,10 +196,14 @@ class StreamStates:
         state = self._memory.get(key)
         if state is not None:
             self._memory.move_to_end(key)
+            if key not in self._read:
+                self._read[key] = state
             return state
         if self._load is None:
             return None
         raw = self._load(key)
+        if key not in self._read:
+            self._read[key] = raw
         state = StreamState.decode(raw) if raw is not None else None
         if state is not None:
             self._memory[key] = state
@@ -205,11 +225,19 @@ class StreamStates:
         if self._undo is None:
             raise RuntimeError("finish without begin")
         self._token += 1
-        wrote_first = FIRST_START_KEY in self._updates
-        self._last = (self._token, self._undo, wrote_first)
-        self._first_start_pending = self._first_start_pending and not wrote_first
-        change = StateChange(self._updates, self._token)
-        self._undo, self._updates = None, {}
+        expect: dict[bytes, bytes | None] = {}
+        if self._load is not None and (self._read or self._updates):
+            expect.update(self._meta)
+            for key, seen in self._read.items():
+                expect[key] = seen.encode() if isinstance(seen, StreamState) else seen
+        first = self._updates.get(FIRST_START_KEY)
+        self._last = (self._token, self._undo, self._meta.get(FIRST_START_KEY) if first else _ABSENT)
+        if first is not None:  # stored once the append commits; else rollback restores
+            self._first_start_pending = False
+            if self._load is not None:
+                self._meta[FIRST_START_KEY] = first
+        change = StateChange(self._updates, self._token, expect)
+        self._undo, self._updates, self._read = None, {}, {}
         return change
 
     def rollback(self, token: int) -> None:
@@ -223,13 +251,16 @@ class StreamStates:
         last = self._last
         if last is None or last[0] != token or self._undo is not None:
             raise RuntimeError("only the last finished mapping can be rolled back, before the next begins")
-        _, undo, wrote_first = last
+        _, undo, first_as_read = last
         for key, previous in undo.items():
             if previous is _ABSENT or self._load is not None:
                 self._memory.pop(key, None)
             else:
                 self._memory[key] = previous  # type: ignore[assignment]
-        self._first_start_pending = self._first_start_pending or wrote_first
+        if first_as_read is not _ABSENT:
+            self._first_start_pending = True
+            if self._load is not None:
+                self._meta[FIRST_START_KEY] = first_as_read  # type: ignore[assignment]
         self._last = None
 
 

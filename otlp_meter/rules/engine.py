@@ -68,6 +68,9 @@ class MappingResult:
     """For ``StreamStates.rollback`` when that commit fails; None when no states were used."""
     unmatched_records: list[bytes] | None = None
     """With ``keep_unmatched``: each unmatched record as a single-record export request."""
+    state_expect: dict[bytes, bytes | None] = field(default_factory=dict)
+    """State values the database must still hold for ``state_updates`` to be right (another process
+    may have changed them): the commit's ``expect``."""
 
 
 @dataclass(slots=True)
@@ -95,6 +98,7 @@ class _Tally:
             change.updates if change is not None else {},
             change.token if change is not None else None,
             self.unmatched_records,
+            change.expect if change is not None else {},
         )
 
 
