@@ -188,6 +188,8 @@ class Service:
     def _queue_check(self) -> Check:
         if not self._queue_open:
             return Check(False, "queue not open", {"open": False})
+        if not self.queue.writable:  # its writer thread crashed (logged): every write is refused
+            return Check(False, "queue writer stopped", {"open": True, "writable": False})
         stats = self.queue.stats()
         full = stats.full or stats.bytes >= stats.capacity_bytes  # full: refusing until drained below
         details = {

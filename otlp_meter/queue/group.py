@@ -114,10 +114,12 @@ class Group:
             return codec.event_dedupe_keys_with_legacy(events)
         return codec.event_dedupe_keys(events), None
 
-    def check_room(self, event_bytes: int, dead_bytes: int, keys: int = 0) -> None:
+    def check_room(self, event_bytes: int, dead_bytes: int, keys: int = 0, other_bytes: int = 0) -> None:
         """Refuse (before any write) what would pass the byte limits or eat into the headroom.
 
-        ``keys``: dedupe keys the operation writes (each may touch a page of its own).
+        ``keys``: dedupe and state keys the operation writes (each may touch a page of its own);
+        ``other_bytes``: what else it stores (stream state, source cursors): outside the byte limits,
+        but it takes room in the map like anything else, room acks must find when the map is full.
         """
         if event_bytes and self.counters.size + event_bytes > self.config.max_bytes:
             raise Refused(
@@ -135,8 +137,8 @@ class Group:
                     retry_after=30.0,
                 )
             )
-        if event_bytes or dead_bytes or keys:
-            self._reserve_storage(event_bytes + dead_bytes, keys)
+        if event_bytes or dead_bytes or keys or other_bytes:
+            self._reserve_storage(event_bytes + dead_bytes + other_bytes, keys)
 
     def _reserve_storage(self, record_bytes: int, keys: int) -> None:
         # What a transaction needs while it runs, not what it keeps: records and B-tree pages split

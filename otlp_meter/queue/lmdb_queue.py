@@ -267,6 +267,11 @@ class LmdbQueue:
         self._require_writer().submit(op)
         return await future
 
+    @property
+    def writable(self) -> bool:
+        """Open for writing and its writer thread taking operations (not crashed)."""
+        return self._writer is not None and self._writer.alive
+
     def _require_writer(self) -> Writer:
         writer = self._writer
         if writer is None:

@@ -117,7 +117,8 @@ class AppendOp(Op[AppendResult]):
             dead = [_rejection_letter(rejection, g.now_ns) for rejection in self.rejected]
         duplicates = len(events) - len(records)
 
-        g.check_room(sum(map(len, records)), sum(map(len, dead)), len(remembered))
+        puts = [len(key) + len(value) for key, value in self.state.items() if value is not None]
+        g.check_room(sum(map(len, records)), sum(map(len, dead)), len(remembered) + len(puts), sum(puts))
         g.put_events(records)
         for record in dead:
             g.put_dead(record)
@@ -243,6 +244,8 @@ class StateSweepOp(Op[T]):
         for key in updates:
             if not 0 < len(key) <= g.max_key_size:
                 raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
+        puts = [len(key) + len(value) for key, value in updates.items() if value is not None]
+        g.check_room(0, 0, len(puts), sum(puts))  # deletes only (an expiry): never refused for room
         for key, value in updates.items():
             if value is None:
                 txn.delete(key, db=db)

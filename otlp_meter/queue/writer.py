@@ -81,6 +81,11 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Taking operations: started and not stopped or crashed."""
+        return self._thread.is_alive() and not self._closed
+
     def submit(self, op: Op[Any]) -> None:
         with self._submit_lock:
             if self._closed:
@@ -192,9 +197,13 @@ class Writer:
             if rest:
                 self._commit(rest)
             return
-        if self._on_commit is not None:
-            self._on_commit(time.perf_counter() - started, len(ops))
+        seconds = time.perf_counter() - started
         self._publish(group, ops, outcomes)
+        if self._on_commit is not None:
+            try:
+                self._on_commit(seconds, len(ops))
+            except Exception:  # an observer's bug must not stop the queue
+                log.exception("queue_commit_observer_failed")
 
     def _apply(self, ops: list[Op[Any]]) -> tuple[Group, list[tuple[Op[Any], Any, Refused | None]]]:
         """Apply ``ops`` in one transaction and commit it; raises (nothing visible) if LMDB fails."""
@@ -222,6 +231,20 @@ class Writer:
     def _publish(
         self, group: Group, ops: list[Op[Any]], outcomes: list[tuple[Op[Any], Any, Refused | None]]
     ) -> None:
+        """The committed group: the ledger updated, then every waiter answered (even if updating
+        the ledger failed: what committed is durable, and its senders must not wait forever)."""
+        try:
+            self._record(group, ops, outcomes)
+        finally:
+            _settle_all_threadsafe(
+                ((op, result, None if refused is None else refused.error) for op, result, refused in outcomes),
+                self._on_append,
+                group.appended_loops,
+            )
+
+    def _record(
+        self, group: Group, ops: list[Op[Any]], outcomes: list[tuple[Op[Any], Any, Refused | None]]
+    ) -> None:
         ledger = self._ledger
         with ledger.lock:
             ledger.counters = group.counters
@@ -245,11 +268,6 @@ class Writer:
                 consequence="these keys were forgotten before their dedupe window ended",
             ):
                 self._evicted_unlogged = 0
-        _settle_all_threadsafe(
-            ((op, result, None if refused is None else refused.error) for op, result, refused in outcomes),
-            self._on_append,
-            group.appended_loops,
-        )
 
     def _mark_full(self, ops: list[Op[Any]]) -> None:
         if any(isinstance(op, AppendOp) for op in ops):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from otlp_meter.errors import ShuttingDownError
-from otlp_meter.queue import AppendResult, LmdbQueue
-from tests.unit.queue.conftest import QueueFactory, events
+from otlp_meter.queue import AppendResult, LmdbQueue, QueueConfig
+from otlp_meter.queue.writer import Writer
+from tests.unit.queue.conftest import FakeClock, QueueFactory, events
 
 
 async def test_concurrent_appends_share_fewer_commits_than_appends(make_queue: QueueFactory) -> None:
@@ -87,3 +89,41 @@ async def test_a_cancelled_append_does_not_break_the_writer(queue: LmdbQueue) ->
 
     assert (await queue.append(events(1, 2))).appended == 1
     assert task.cancelled()
+
+
+async def test_a_commit_observer_that_fails_neither_hangs_the_waiters_nor_stops_the_queue(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    commits: list[int] = []
+
+    def observer(seconds: float, operations: int) -> None:
+        commits.append(operations)
+        raise RuntimeError("a bug in a metrics callback")
+
+    config = QueueConfig.model_validate({"directory": tmp_path, "sync": False})
+    queue = LmdbQueue(config, clock=clock, on_commit=observer)
+    queue.open()
+    try:
+        for n in range(3):
+            assert (await asyncio.wait_for(queue.append(events(n, n + 1)), 10)).appended == 1
+        assert len(commits) == 3
+        assert queue.writable
+        assert queue.stats().depth == 3
+    finally:
+        queue.close()
+
+
+async def test_a_writer_that_breaks_after_a_commit_answers_its_waiters_and_reports_itself_stopped(
+    queue: LmdbQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the ledger update")
+
+    monkeypatch.setattr(Writer, "_record", broken)
+    assert (await asyncio.wait_for(queue.append(events(0, 1)), 10)).appended == 1  # durable: answered
+    writer = queue._writer
+    assert writer is not None
+    writer._thread.join(10)
+    assert not queue.writable  # the service's readiness says "queue writer stopped"
+    with pytest.raises(ShuttingDownError):
+        await queue.append(events(1, 2))

@@ -112,3 +112,23 @@ async def test_an_ack_grouped_with_an_append_that_overflows_the_map_still_commit
     assert stats.depth == 0
     assert stats.accounting is not None
     assert stats.accounting.delivered == 20
+
+
+async def test_state_writes_take_their_room_too_so_acks_still_work_when_the_map_is_full(
+    make_queue: QueueFactory,
+) -> None:
+    """Stream state (a new cumulative stream's first point is an append of state alone) is outside
+    the byte limits but not outside the map: it must not eat the room acks need."""
+    queue = make_queue(map_size="8MiB", max_bytes="64MiB")
+    await fill(queue, size=100, batch=200)
+    leased = queue.lease(max_events=1_000_000, max_bytes=1 << 30)
+    refusal = None
+    for puts in range(1_000_000):
+        try:
+            await queue.append([], state={b"stream-%08d" % puts: b"x" * 100})
+        except QueueFullError as refused:
+            refusal = refused
+            break
+    assert "storage full" in str(refusal)
+    await queue.ack([e.seq for e in leased])
+    assert queue.stats().depth == 0
