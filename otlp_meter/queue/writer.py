@@ -236,11 +236,8 @@ class Writer:
         try:
             self._record(group, ops, outcomes)
         finally:
-            _settle_all_threadsafe(
-                ((op, result, None if refused is None else refused.error) for op, result, refused in outcomes),
-                self._on_append,
-                group.appended_loops,
-            )
+            settled = ((op, result, None if no is None else no.error) for op, result, no in outcomes)
+            _settle_all_threadsafe(settled, self._on_append, group.appended_loops)
 
     def _record(
         self, group: Group, ops: list[Op[Any]], outcomes: list[tuple[Op[Any], Any, Refused | None]]

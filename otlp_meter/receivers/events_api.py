@@ -42,7 +42,8 @@ from otlp_meter.receivers.auth import Authenticator
 from otlp_meter.receivers.cloudevents import BATCH, JSON, MEDIA_TYPES, SINGLE, parse_events
 from otlp_meter.receivers.config import EventsApiConfig
 from otlp_meter.receivers.core import ReceiverCore
-from otlp_meter.receivers.otlp_http import decompress, peer, refusal_headers
+from otlp_meter.receivers.encoding import decompress_body
+from otlp_meter.receivers.otlp_http import peer, refusal_headers
 from otlp_meter.receivers.status import METHOD_NOT_ALLOWED, NOT_FOUND, Refusal
 
 Flavour = Literal["v1", "v3"]
@@ -127,7 +128,7 @@ def events_api_app(
             if body is None:
                 raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
             body_read = True
-            body = decompress(body, header(scope, b"content-encoding"), limit)
+            body = await decompress_body(body, header(scope, b"content-encoding"), limit)
             events = parse_events(body, content_type, strict=strict or flavour == "v3", max_events=max_events)
             await core.ingest_events("events_api", events, wire_size=len(body))
         except ClientDisconnectedError:

@@ -1,4 +1,5 @@
-"""OTLP over HTTP: ``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces`` in protobuf or JSON, optionally gzip.
+"""OTLP over HTTP: ``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces`` in protobuf or JSON, optionally
+compressed (gzip, zstd, deflate/zlib: ``encoding.py``).
 
 A thin transport: authenticate, decode the body, hand the request to the receiver core, answer in
 the request's encoding. Errors are ``google.rpc.Status`` bodies, status codes from
@@ -8,8 +9,8 @@ the body would otherwise be read as the next request, or keep a slow client atta
 
 from __future__ import annotations
 
+import asyncio
 import math
-import zlib
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -34,6 +35,7 @@ from otlp_meter.receivers import otlp_json
 from otlp_meter.receivers.auth import Authenticator
 from otlp_meter.receivers.config import HttpReceiverConfig
 from otlp_meter.receivers.core import ReceiverCore, SignalName, Transport, count_records
+from otlp_meter.receivers.encoding import OFF_LOOP_BYTES, decompress_body
 from otlp_meter.receivers.status import METHOD_NOT_ALLOWED, NOT_FOUND, Refusal
 
 PROTOBUF = "application/x-protobuf"
@@ -45,33 +47,6 @@ _ROUTES: dict[str, tuple[SignalName, type[Message], Callable[[bytes], Message | 
     "/v1/metrics": ("metrics", ExportMetricsServiceRequest, otlp_json.decode_metrics_request),
     "/v1/traces": ("traces", ExportTraceServiceRequest, otlp_json.decode_traces_request),
 }
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` (gzip, deflate, identity) without ever holding more than ``limit`` bytes."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise UnsupportedMediaTypeError(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    out: list[bytes] = []
-    size = 0
-    data = body
-    try:
-        while data:
-            inflater = zlib.decompressobj(wbits)
-            chunk = inflater.decompress(data, limit - size + 1)
-            size += len(chunk)
-            if size > limit or inflater.unconsumed_tail:
-                raise PayloadTooLargeError(f"decompressed body exceeds {limit} bytes")
-            out.append(chunk)
-            if not inflater.eof:
-                raise DecodeError(f"truncated {encoding} body")
-            data = inflater.unused_data  # concatenated gzip members
-    except zlib.error as exc:
-        raise DecodeError(f"invalid {encoding} body: {exc}") from exc
-    return b"".join(out)
 
 
 def _decode(
@@ -129,8 +104,11 @@ def otlp_http_app(
             if body is None:
                 raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
             body_read = True
-            body = decompress(body, header(scope, b"content-encoding"), limit)
-            request = _decode(body, mtype, request_type, json_decode)
+            body = await decompress_body(body, header(scope, b"content-encoding"), limit)
+            if len(body) < OFF_LOOP_BYTES:
+                request = _decode(body, mtype, request_type, json_decode)
+            else:  # a big body: the loop keeps serving other requests meanwhile
+                request = await asyncio.to_thread(_decode, body, mtype, request_type, json_decode)
             response = await core.export(signal, transport, request, wire_size=len(body))
         except ClientDisconnectedError:
             return  # nothing was taken and nobody is listening

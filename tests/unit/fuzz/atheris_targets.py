@@ -31,8 +31,8 @@ with atheris.instrument_imports(include=["otlp_meter"]):  # ours only: the rest 
     from otlp_meter.receivers import otlp_json
     from otlp_meter.receivers.cloudevents import MEDIA_TYPES, parse_events
     from otlp_meter.receivers.config import LimitsConfig
+    from otlp_meter.receivers.encoding import decompress
     from otlp_meter.receivers.limits import check_limits
-    from otlp_meter.receivers.otlp_http import decompress
     from otlp_meter.rules import RulesConfig, RulesEngine
 
 LIMITS = LimitsConfig(max_attributes_per_record=64, max_attribute_value_size=256)

@@ -1,20 +1,26 @@
-"""OTLP/HTTP ``Content-Encoding``: gzip (also several concatenated members) and deflate bodies are
-inflated, and the size limit applies *after* inflation without ever inflating past it."""
+"""OTLP/HTTP ``Content-Encoding``: gzip (also several concatenated members), zstd (also several
+frames) and deflate/zlib bodies are inflated, like the Collector's receiver takes them; the size
+limit applies *after* inflation without ever inflating past it."""
 
 from __future__ import annotations
 
 import gzip
+import os
+import threading
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import zstandard
 from google.rpc import status_pb2
 
 from otlp_meter.errors import DecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
+from otlp_meter.receivers import encoding
 from otlp_meter.receivers.config import HttpReceiverConfig
-from otlp_meter.receivers.otlp_http import decompress, otlp_http_app
+from otlp_meter.receivers.encoding import decompress
+from otlp_meter.receivers.otlp_http import otlp_http_app
 from tests.unit.receivers.conftest import Stack, genai_logs
 
 PROTOBUF = "application/x-protobuf"
@@ -35,6 +41,10 @@ def deflate(data: bytes) -> bytes:
     return zlib.compress(data)
 
 
+def zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     app = otlp_http_app(HttpReceiverConfig(max_request_body_size=LIMIT), stack.core)
@@ -49,7 +59,14 @@ async def post(client: httpx.AsyncClient, body: bytes, encoding: str) -> httpx.R
 
 @pytest.mark.parametrize(
     ("encoding", "compress"),
-    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("GZIP", gzip.compress), ("deflate", deflate)],
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("GZIP", gzip.compress),
+        ("deflate", deflate),
+        ("zlib", deflate),
+        ("zstd", zstd),
+    ],
 )
 async def test_compressed_bodies_are_inflated(
     client: httpx.AsyncClient, stack: Stack, encoding: str, compress: object
@@ -143,8 +160,57 @@ async def test_broken_compressed_bodies_get_400(
     assert status_pb2.Status.FromString(response.content).code == 3
 
 
-def test_unknown_encodings_are_unsupported() -> None:
-    with pytest.raises(UnsupportedMediaTypeError):
-        decompress(b"...", "br", LIMIT)
-    with pytest.raises(UnsupportedMediaTypeError):
-        decompress(b"...", "zstd", LIMIT)
+@pytest.mark.parametrize("encoding", ["br", "snappy", "lz4", "compress"])
+def test_other_encodings_are_unsupported_and_the_answer_names_the_supported_ones(encoding: str) -> None:
+    with pytest.raises(UnsupportedMediaTypeError, match="gzip, zstd, deflate, zlib"):
+        decompress(b"...", encoding, LIMIT)
+
+
+def test_several_zstd_frames_are_one_body_and_a_zstd_bomb_stops_at_the_limit() -> None:
+    assert decompress(zstd(b"one ") + zstd(b"two"), "zstd", LIMIT) == b"one two"
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(64 * MiB))
+    assert len(bomb) < 64 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLargeError):
+            decompress(bomb, "zstd", LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * LIMIT
+
+
+@pytest.mark.parametrize(
+    "body",
+    [zstd(b"x" * 10_000)[:-3], b"not zstd", zstd(b"payload") + b"trailing garbage"],
+    ids=["truncated", "garbage", "trailing-garbage"],
+)
+def test_broken_zstd_bodies_are_malformed(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decompress(body, "zstd", LIMIT)
+
+
+def test_many_gzip_members_are_read_and_too_many_are_refused_before_inflating_them_all() -> None:
+    """Each member costs a fresh inflater: a body of a million empty members is refused, not
+    paid for (no client sends more than a few), and what is left of the body is never copied per
+    member (that made such a body cost minutes)."""
+    assert decompress(gzip.compress(b"") * 1000 + gzip.compress(b"{}"), "gzip", LIMIT) == b"{}"
+    with pytest.raises(DecodeError, match="more than 1024 gzip members"):
+        decompress(gzip.compress(b"") * 1_000_000, "gzip", 32 * MiB)
+
+
+async def test_a_large_compressed_body_is_inflated_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inflated_on: list[threading.Thread] = []
+    inflate = encoding.decompress
+
+    def recording(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+        inflated_on.append(threading.current_thread())
+        return inflate(body, content_encoding, limit)
+
+    monkeypatch.setattr(encoding, "decompress", recording)
+    large = os.urandom(encoding.OFF_LOOP_BYTES)  # incompressible: the gzip is as large
+    assert await encoding.decompress_body(gzip.compress(large), "gzip", 2 * encoding.OFF_LOOP_BYTES) == large
+    assert await encoding.decompress_body(gzip.compress(b"{}"), "gzip", LIMIT) == b"{}"
+    assert [thread is threading.current_thread() for thread in inflated_on] == [False, True]
