@@ -101,6 +101,7 @@ def _guarded_protocol(limits: ServerLimits, server: str, metrics: Metrics | None
         _head_timer: asyncio.TimerHandle | None = None
         _awaiting_head = True
         _head_bytes = 0
+        _ended_in_chunk = False  # a request ended inside the chunk being parsed
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -115,12 +116,21 @@ def _guarded_protocol(limits: ServerLimits, server: str, metrics: Metrics | None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            self._ended_in_chunk = False
             super().data_received(data)
             if self._awaiting_head and not self.transport.is_closing():
-                self._head_bytes += len(data)
+                # A chunk in which a request ended holds its end too (a pipelined client's next
+                # head starts mid-chunk): only what arrives after it counts as the new head's, so
+                # the limit allows at most one read's worth more, and the last answer is not lost.
+                if not self._ended_in_chunk:
+                    self._head_bytes += len(data)
                 if self._head_bytes > limits.max_header_size:
                     closed("header_too_large")
                     self._refuse(431, b"request header fields too large")
+
+        def on_message_complete(self) -> None:
+            self._ended_in_chunk = True
+            super().on_message_complete()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

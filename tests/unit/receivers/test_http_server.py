@@ -9,7 +9,16 @@ import socket
 import httpx
 import pytest
 
-from otlp_meter.http_server import HttpServer, Receive, Scope, Send, parse_endpoint, read_body, respond
+from otlp_meter.http_server import (
+    HttpServer,
+    Receive,
+    Scope,
+    Send,
+    ServerLimits,
+    parse_endpoint,
+    read_body,
+    respond,
+)
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,3 +140,37 @@ async def test_a_server_whose_task_ends_is_no_longer_serving_and_says_so(
 
     assert not server.serving  # readiness reports this receiver as not listening
     assert any("http_server_stopped" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pipelined_request_that_starts_in_the_previous_body_s_last_chunk_is_served() -> None:
+    """The head-size limit counts the bytes of the head being read, not the end of the previous
+    request's body that came in the same read."""
+    server = HttpServer(echo_size, "127.0.0.1:0", limits=ServerLimits(max_header_size=4096))
+    await server.start()
+    host, port = server.address
+    body = b"x" * 100_000
+    first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    second = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(first + second[:20])
+        answers = [await read_answer(reader)]
+        writer.write(second[20:])
+        answers.append(await read_answer(reader))
+        writer.close()
+    finally:
+        await server.stop()
+    assert answers == [(200, b"100000"), (200, b"2")]
+
+
+async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        body = await read_body(receive, 1 << 20)
+        await respond(send, 200, str(len(body or b"")).encode(), "text/plain")
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    return int(lines[0].split(" ")[1]), await reader.readexactly(length)
