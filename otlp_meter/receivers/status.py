@@ -8,12 +8,17 @@ API. One place only.
 | a record breaks an attribute limit     | INVALID_ARGUMENT        | 400          | (n/a)         |
 | unsupported Content-Type/-Encoding     | INVALID_ARGUMENT        | 415          | 400 (as OpenMeter) |
 | body too large, too many events        | RESOURCE_EXHAUSTED      | 413          | 413           |
-| body not received within read_timeout  | DEADLINE_EXCEEDED       | 408          | 408           |
+| body not received within read_timeout  | (n/a)                   | 503 + Retry-After | 503 + Retry-After |
 | missing/invalid bearer token           | UNAUTHENTICATED         | 401          | 401           |
 | queue full, storage, stopping, our bug | UNAVAILABLE + RetryInfo | 503 + Retry-After | 503 + Retry-After |
 
 OTLP error bodies are ``google.rpc.Status``; the events API answers ``application/problem+json``
 (RFC 7807) like OpenMeter.
+
+A body that arrives too slowly is answered 503, not 408: OTLP clients retry only 429, 502, 503 and
+504 (the OTLP specification), so a 408 would make an SDK or an upstream Collector drop the data —
+usage lost to a slow link. (A request *head* that does not arrive in ``read_header_timeout`` is
+answered 408 by the HTTP server: nothing is known of it yet, and real clients send heads at once.)
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ log = get_logger("receiver")
 
 MIN_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 30.0
+SLOW_BODY_RETRY_AFTER = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,7 @@ def refusal_for(exc: BaseException) -> Refusal:
     if isinstance(exc, PayloadTooLargeError):
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, str(exc), "too_large")
     if isinstance(exc, RequestTimeoutError):
-        return Refusal(grpc.StatusCode.DEADLINE_EXCEEDED, 408, str(exc), "timeout")
+        return Refusal(grpc.StatusCode.UNAVAILABLE, 503, str(exc), "timeout", SLOW_BODY_RETRY_AFTER)
     if isinstance(exc, QueueFullError):
         return Refusal(grpc.StatusCode.UNAVAILABLE, 503, str(exc), "queue_full", _retry_after(exc))
     if isinstance(exc, ShuttingDownError):

@@ -241,14 +241,15 @@ def test_slow_clients_do_not_block_others_and_are_cut_off(guarded: ServiceProces
     assert guarded.metric("otlp_meter_server_connections_closed_total", {"reason": "header_timeout"}) == 30
 
 
-def test_a_body_that_never_finishes_is_408(guarded: ServiceProcess) -> None:
+def test_a_body_that_never_finishes_is_503_so_the_sender_retries(guarded: ServiceProcess) -> None:
     with socket.create_connection(("127.0.0.1", guarded.events_port), timeout=10) as sock:
         sock.sendall(
             b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
             b"content-length: 1000\r\n\r\n[{"
         )
         answer = sock.recv(65536)
-        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 5" in answer.lower()
         assert b"connection: close" in answer.lower()
 
 

@@ -45,7 +45,7 @@ TABLE: list[tuple[BaseException, grpc.StatusCode, int, str, bool]] = [
         False,
     ),
     (AuthenticationError("invalid"), Code.UNAUTHENTICATED, 401, "unauthenticated", False),
-    (RequestTimeoutError("slow body"), Code.DEADLINE_EXCEEDED, 408, "timeout", False),
+    (RequestTimeoutError("slow body"), Code.UNAVAILABLE, 503, "timeout", True),  # OTLP clients retry 503
 ]
 
 
