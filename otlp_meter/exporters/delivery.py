@@ -236,7 +236,8 @@ class Exporter:
                 return
             if result.verdict is Verdict.AUTH:
                 # Never expires under max_elapsed: a wrong token is fixed by an operator, and the
-                # events must still be there when it is.
+                # events must still be there when it is; nor does the time spent waiting for it
+                # count towards max_elapsed afterwards (the clock restarts after each pause).
                 log.error(
                     "exporter_unauthorized",
                     status=result.status,
@@ -246,6 +247,7 @@ class Exporter:
                     retry_in=self._config.retry.auth_backoff,
                 )
                 await self._pause(self._config.retry.auth_backoff)
+                first_attempt = self._clock()
                 continue
             if self._backoff.expired(first_attempt, self._clock()):
                 answer = result.status if result.status is not None else "no answer"

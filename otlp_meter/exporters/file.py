@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +22,18 @@ class FileSink:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _append(self, payloads: Sequence[bytes]) -> None:
+        """All of the batch or none of it: a failed write or fsync (disk full, EIO) is cut off
+        again, so the retry neither duplicates events nor leaves half a line."""
         with open(self.path, "ab") as f:
-            f.write(b"\n".join(payloads) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+            end = f.seek(0, os.SEEK_END)
+            try:
+                f.write(b"\n".join(payloads) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(end)
+                raise
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
         """Append and fsync on a worker thread; an OSError (disk full, permissions) means retry."""

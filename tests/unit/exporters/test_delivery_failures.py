@@ -141,6 +141,23 @@ async def test_max_elapsed_never_dead_letters_events_held_back_by_a_bad_token(
     h.assert_accounted()
 
 
+async def test_time_spent_waiting_for_a_fixed_token_does_not_count_towards_max_elapsed(
+    make_harness: HarnessFactory,
+) -> None:
+    """20 minutes of 401 (the token being rotated), then one 503: the events are retried, not
+    dead-lettered as if they had been failing for 20 minutes."""
+    unauthorized = SendResult(Verdict.AUTH, 401, None, "unauthorized")
+    sink = ScriptedSink(unauthorized, unauthorized, unauthorized, unauthorized, retry_result(503))
+    time = VirtualTime()
+    h = make_harness(sink, exporter_config(retry={**REAL_RETRY, "max_elapsed": 600.0}), time=time)
+    await h.append(cloud_events(5))
+    await sink.wait_until(lambda: len(sink.delivered) == 5)
+    await h.stop()
+
+    assert len(sink.requests) == 6
+    assert_drained(h, delivered=5)
+
+
 # -- refused content ---------------------------------------------------------------------------
 
 

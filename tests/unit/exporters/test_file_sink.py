@@ -74,3 +74,25 @@ async def test_an_unwritable_path_means_retry(tmp_path: Path) -> None:
     result = await FileSink(tmp_path / "events.jsonl").send([cloud_events(1)[0].payload])
     assert result.verdict is Verdict.RETRY
     assert result.detail.startswith("IsADirectoryError: ")
+
+
+async def test_a_failed_write_leaves_nothing_behind_so_the_retry_does_not_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"id":"earlier"}\n')
+    fsync = os.fsync
+    failures = [OSError(errno.EIO, os.strerror(errno.EIO))]
+
+    def failing_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    sink = FileSink(path)
+    batch = [e.payload for e in cloud_events(2)]
+    assert (await sink.send(batch)).verdict is Verdict.RETRY
+    assert path.read_bytes() == b'{"id":"earlier"}\n'
+    assert (await sink.send(batch)).verdict is Verdict.DELIVERED
+    assert path.read_bytes().splitlines() == [b'{"id":"earlier"}', *batch]
