@@ -44,11 +44,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from otlp_meter.events import EncodedEvent
+from otlp_meter.events import EncodedEvent, format_time
 from otlp_meter.queue import LmdbQueue, QueueConfig, codec
 from otlp_meter.queue.group import EXPIRY_ENTRY_KEYS
 from otlp_meter.queue.ledger import open_environment
-from otlp_meter.rules.values import format_time
 
 DRAIN_TIMEOUT = 300.0
 FIRST_EVENT_MS = 1_767_225_600_000

@@ -6,6 +6,8 @@ They are plain immutable values with no behaviour so that every stage can depend
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
@@ -34,6 +36,27 @@ class EncodedEvent(NamedTuple):
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+MAX_TIME_NS = 253402300800 * 1_000_000_000  # 10000-01-01T00:00:00Z: RFC 3339 stops at 9999
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def format_time(ns: int) -> str:
+    """Unix nanoseconds → ``2024-01-01T00:00:00.123Z``: UTC, fraction in 0, 3, 6 or 9 digits."""
+    if not 0 <= ns < MAX_TIME_NS:
+        raise ValueError(f"time {ns} ns is outside 1970..9999")
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    base = _second_text(seconds)
+    if fraction == 0:
+        return base + "Z"
+    if fraction % 1_000_000 == 0:
+        return f"{base}.{fraction // 1_000_000:03d}Z"
+    if fraction % 1_000 == 0:
+        return f"{base}.{fraction // 1_000:06d}Z"
+    return f"{base}.{fraction:09d}Z"
 
 
 def rfc3339_millis(text: object) -> int:

@@ -94,10 +94,15 @@ class Service:
         self.exporter: Exporter | None = None
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
         self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)
-        self.sources = SourceRunner(
-            build_sources(config.sources, observer=self.metrics.sources) if worker is None else [],
-            PipelineSink(self.pipeline, self.queue),
+        # Ready CloudEvents bound for Konnect (v3) are checked as v3 wherever they come in (the
+        # events API, S3 cloudevents files): acknowledged means deliverable.
+        self._strict_events = self.target.kind == "openmeter" and self.target.api == "v3"
+        sources = (
+            []
+            if worker is not None
+            else build_sources(config.sources, self.metrics.sources, strict_events=self._strict_events)
         )
+        self.sources = SourceRunner(sources, PipelineSink(self.pipeline, self.queue))
         self._stopping = False
         self._started = False
         self._queue_open = False
@@ -266,10 +271,8 @@ class Service:
             await self.http.start()
             self._listening["otlp_http"] = _address(self.http)
         if events.enabled:
-            # Events bound for Konnect (v3) are checked as v3 on every path: acked means deliverable.
-            strict = self.target.kind == "openmeter" and self.target.api == "v3"
             self.events = HttpServer(
-                events_api_app(events, self.core, auth=self._auth("events_api"), strict=strict),
+                events_api_app(events, self.core, auth=self._auth("events_api"), strict=self._strict_events),
                 events.endpoint,
                 graceful_timeout=cfg.service.shutdown_timeout,
                 limits=ServerLimits.of(events),

@@ -24,13 +24,14 @@ decoder, which OpenMeter uses.
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
 from otlp_meter.errors import DecodeError, InvalidEventError, PayloadTooLargeError, UnsupportedMediaTypeError
-from otlp_meter.events import EncodedEvent, encode_payload, rfc3339_millis
+from otlp_meter.events import EncodedEvent, encode_payload, format_time, rfc3339_millis
 from otlp_meter.http_server import media_type
 
 SINGLE = "application/cloudevents+json"
@@ -145,9 +146,13 @@ class TooManyEventsError(PayloadTooLargeError):
 
 
 def parse_events(
-    body: bytes, content_type: str | None, *, strict: bool, max_events: int
+    body: bytes, content_type: str | None, *, strict: bool, max_events: int, received_ns: int | None = None
 ) -> list[EncodedEvent]:
     """The events of one ingest request, validated and encoded; raises what the status table maps.
+
+    An event without a ``time`` (absent or null) gets ``received_ns`` (default: now): OpenMeter
+    stamps such an event with the moment it receives it, and an event held here through an
+    outage must not be billed in the period it is finally delivered in.
 
     UnsupportedMediaTypeError: not one of the three content types. DecodeError: not JSON or the
     wrong shape. PayloadTooLargeError: more than ``max_events``. InvalidEventError: any event
@@ -186,7 +191,11 @@ def parse_events(
             break
     if problems:
         raise InvalidEventError(problems[:MAX_PROBLEMS])
-    # time_ms orders the queue's dedupe keys; the time was validated above (absent or null: 0).
-    return [
-        EncodedEvent(e["source"], e["id"], encode_payload(e), rfc3339_millis(e.get("time"))) for e in items
-    ]
+    received: str | None = None
+    for e in items:
+        if e.get("time") is None:
+            if received is None:
+                received = format_time(time.time_ns() if received_ns is None else received_ns)
+            e["time"] = received
+    # time_ms orders the queue's dedupe keys; the time was validated above.
+    return [EncodedEvent(e["source"], e["id"], encode_payload(e), rfc3339_millis(e["time"])) for e in items]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otlp_meter.errors import ConfigError
-from otlp_meter.events import EncodedEvent
+from otlp_meter.events import EncodedEvent, format_time
 from otlp_meter.rules import ids
 from otlp_meter.rules.codegen import (
     ConditionPlan,
@@ -31,7 +31,7 @@ from otlp_meter.rules.codegen import (
 from otlp_meter.rules.expressions import Expression, ExpressionError
 from otlp_meter.rules.model import Condition, FieldSpec, RuleModel, yaml_path
 from otlp_meter.rules.paths import Getter, PathError, PathSpec, RecordView, RuleSignal, parse_path
-from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, format_time, show
+from otlp_meter.rules.values import COERCIONS, event_source, event_string, event_time, show
 from otlp_meter.rules.views import EVERY_KEY, Wanted
 
 Predicate = Callable[[RecordView], bool]

@@ -30,9 +30,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from otlp_meter.events import format_time
 from otlp_meter.rules.attributes import any_value
 from otlp_meter.rules.paths import RecordView, RuleSignal
-from otlp_meter.rules.values import format_time
 
 VARIABLES: dict[RuleSignal, tuple[str, ...]] = {
     "logs": ("resource", "scope", "attributes", "record"),

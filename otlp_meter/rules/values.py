@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from otlp_meter.events import rfc3339_millis
+from otlp_meter.events import format_time, rfc3339_millis
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # int64 and uint64 both fit in JSON for OpenMeter
-_MAX_TIME_NS = 253402300800 * 1_000_000_000  # 10000-01-01T00:00:00Z: RFC 3339 stops at 9999
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
 )
@@ -231,23 +230,3 @@ def time_millis(text: Any) -> int:
 @functools.lru_cache(maxsize=4096)
 def _text_seconds(text: str) -> int:
     return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
-
-
-@functools.lru_cache(maxsize=4096)
-def _second_text(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def format_time(ns: int) -> str:
-    """Unix nanoseconds → ``2024-01-01T00:00:00.123Z``: UTC, fraction in 0, 3, 6 or 9 digits."""
-    if not 0 <= ns < _MAX_TIME_NS:
-        raise ValueError(f"time {ns} ns is outside 1970..9999")
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    base = _second_text(seconds)
-    if fraction == 0:
-        return base + "Z"
-    if fraction % 1_000_000 == 0:
-        return f"{base}.{fraction // 1_000_000:03d}Z"
-    if fraction % 1_000 == 0:
-        return f"{base}.{fraction // 1_000:06d}Z"
-    return f"{base}.{fraction:09d}Z"

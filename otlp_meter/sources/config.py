@@ -28,10 +28,16 @@ class SourcesConfig(Section):
     )
 
 
-def build_sources(config: SourcesConfig, observer: SourceObserver | None = None) -> list[Source]:
-    """One running source per configured instance, in config order, reporting to ``observer``."""
+def build_sources(
+    config: SourcesConfig, observer: SourceObserver | None = None, *, strict_events: bool = False
+) -> list[Source]:
+    """One running source per configured instance, in config order, reporting to ``observer``.
+
+    ``strict_events``: the exporter sends to OpenMeter's v3 API, so ready CloudEvents (S3
+    ``cloudevents`` files) are checked as that API takes them.
+    """
     built: list[Source] = [prometheus.build(c, observer=observer) for c in config.prometheus]
-    built += [s3.build(c, observer=observer) for c in config.s3]
+    built += [s3.build(c, observer=observer, strict_events=strict_events) for c in config.s3]
     if config.kubernetes is not None:
         built.append(kubernetes.build(config.kubernetes, observer=observer))
     built += [runai.build(c, observer=observer) for c in config.runai]

@@ -144,8 +144,11 @@ class S3Source:
         observer: SourceObserver | None = None,
         wait: Wait = wait_or_stop,
         client_factory: Any = None,
+        strict_events: bool = False,
     ) -> None:
         self.config = config
+        self._strict_events = strict_events
+        """``cloudevents`` rows are validated as OpenMeter's v3 API takes them (the exporter's target)."""
         self.name = config.name
         self.stats = SourceStats(KIND, config.name, observer)
         self._wait = wait
@@ -265,7 +268,7 @@ class S3Source:
             rows_done = progress.position.rows
             while True:
                 rows, finished = await asyncio.to_thread(stream.take, c.batch_rows, BATCH_BYTES)
-                groups = self._groups(rows)
+                groups = self._groups(rows, stream.progress.modified_ns)
                 for i, (items, last) in enumerate(groups):
                     final = finished and i == len(groups) - 1
                     here = S3Cursor(cursor.after, replace(stream.progress, position=last.after), cursor.etag)
@@ -283,7 +286,7 @@ class S3Source:
         finally:
             await asyncio.to_thread(stream.close)
 
-    def _groups(self, rows: list[Row]) -> list[tuple[list[Row] | list[EncodedEvent], Row]]:
+    def _groups(self, rows: list[Row], modified_ns: int) -> list[tuple[list[Row] | list[EncodedEvent], Row]]:
         """Rows split into what commits together: all of them, for row files; for CloudEvents,
         runs of valid events (queued as they are) and runs of invalid ones (dead-lettered)."""
         if not rows:
@@ -292,7 +295,7 @@ class S3Source:
             return [(rows, rows[-1])]
         groups: list[tuple[list[Any], Row]] = []
         for row in rows:
-            item = cloud_event(row)
+            item = cloud_event(row, modified_ns, strict=self._strict_events)
             if groups and type(groups[-1][0][0]) is type(item):
                 groups[-1][0].append(item)
                 groups[-1] = (groups[-1][0], row)
@@ -357,6 +360,9 @@ def make_client(config: S3SourceConfig) -> Any:
     )
 
 
-def build(config: S3SourceConfig, *, observer: SourceObserver | None = None) -> Source:
-    """Create the running source for ``config`` (``observer`` receives its counts)."""
-    return S3Source(config, observer=observer)
+def build(
+    config: S3SourceConfig, *, observer: SourceObserver | None = None, strict_events: bool = False
+) -> Source:
+    """Create the running source for ``config`` (``observer`` receives its counts; ``strict_events``:
+    CloudEvents files are checked as OpenMeter's v3 API takes events)."""
+    return S3Source(config, observer=observer, strict_events=strict_events)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from otlp_meter.events import EncodedEvent, encode_payload, rfc3339_millis
+from otlp_meter.events import EncodedEvent, encode_payload, format_time, rfc3339_millis
 from otlp_meter.receivers.cloudevents import validate_event
 from otlp_meter.sources.base import SCOPE_PREFIX, any_value, key_values
 from otlp_meter.sources.s3_formats import Layout, Position, Row, gunzip, read_rows
@@ -243,16 +243,24 @@ def logs_request(
     return request
 
 
-def cloud_event(row: Row) -> EncodedEvent | Row:
-    """A row of a ``cloudevents`` file as the event to queue, or the row marked unreadable."""
+def cloud_event(row: Row, modified_ns: int = 0, *, strict: bool = False) -> EncodedEvent | Row:
+    """A row of a ``cloudevents`` file as the event to queue, or the row marked unreadable.
+
+    ``strict``: validated as OpenMeter's v3 API takes events (the exporter's target). An event
+    without a ``time`` gets the object's last-modified time ``modified_ns`` (the same on every
+    read of the object; OpenMeter would stamp its own arrival time, which a backlog read later
+    would put in the wrong billing period).
+    """
     if row.value is None:
         return row
-    problems = validate_event(row.value, None)
+    problems = validate_event(row.value, None, strict=strict)
     if problems:
         text = "; ".join(f"{name or 'event'} {message}" for _, name, message in problems[:3])
         raw = orjson.dumps(row.value)[:1024].decode("utf-8", "replace")
         return replace(row, value=None, error=f"invalid CloudEvent: {text}", raw=raw)
     value = row.value
+    if value.get("time") is None and modified_ns > 0:
+        value = {**value, "time": format_time(modified_ns)}
     return EncodedEvent(
         value["source"], value["id"], encode_payload(value), rfc3339_millis(value.get("time"))
     )

@@ -107,7 +107,7 @@ async def test_a_batch_is_queued_in_order_with_each_events_own_id_and_source(
 async def test_attributes_keep_their_order_and_values_extensions_and_nulls_included(
     client: httpx.AsyncClient, stack: Stack
 ) -> None:
-    sent = event(0, data={"z": 1, "a": [1.5, None, {"b": True}]}, time=None, region="eu", retries=3)
+    sent = event(0, data={"z": 1, "a": [1.5, None, {"b": True}]}, dataschema=None, region="eu", retries=3)
 
     assert (await post(client, sent, SINGLE)).status_code == 204
 

@@ -128,7 +128,6 @@ def test_duplicate_keys_resolve_to_the_last_as_in_go_and_are_sent_once() -> None
         ("2026-01-01T01:00:00.5+01:00", 1_767_225_600_500),
         ("2025-12-31T23:30:00.0019-00:30", 1_767_225_600_001),
         ("1969-12-31T23:59:59Z", 0),  # before 1970: no time for the dedupe key
-        (None, 0),
     ],
 )
 def test_events_carry_their_time_in_milliseconds(time: str | None, ms: int) -> None:
@@ -140,12 +139,27 @@ def test_events_carry_their_time_in_milliseconds(time: str | None, ms: int) -> N
     assert payload_time_ms(encoded.payload) == ms
 
 
-def test_an_event_without_a_time_has_time_ms_0() -> None:
-    body = b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x"}'
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x"}',
+        b'{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"x","time":null}',
+    ],
+    ids=["absent", "null"],
+)
+def test_an_event_without_a_time_gets_the_time_it_was_received(body: bytes) -> None:
+    """As OpenMeter stamps it on arrival: held here through an outage, it must still be billed in
+    the period it happened in, not the one it is delivered in."""
+    received = 1_767_225_600_123_000_000
 
-    (encoded,) = parse_events(body, "application/cloudevents+json", strict=False, max_events=10)
+    single = "application/cloudevents+json"
+    (encoded,) = parse_events(body, single, strict=False, max_events=10, received_ns=received)
 
-    assert encoded.time_ms == 0
+    assert orjson.loads(encoded.payload)["time"] == "2026-01-01T00:00:00.123Z"
+    assert encoded.time_ms == payload_time_ms(encoded.payload) == 1_767_225_600_123
+
+
+def test_texts_that_are_no_rfc_3339_time_read_as_no_time() -> None:
     assert (rfc3339_millis("not a time"), rfc3339_millis("2026-01-01T00:00:00"), rfc3339_millis(5)) == (
         0,
         0,

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from otlp_meter.rules.values import format_time, parse_rfc3339
+from otlp_meter.events import format_time
+from otlp_meter.rules.values import parse_rfc3339
 from tests.unit.rules.otlp import (
     RECEIVED,
     T0,

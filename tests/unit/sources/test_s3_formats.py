@@ -280,9 +280,27 @@ def test_a_cloudevents_row_carries_its_time_in_milliseconds() -> None:
         base = {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "x"}
         return Row(1, 1, {**base, **value}, None, "", Position(), 10)
 
-    timed = cloud_event(row({"time": "2026-01-01T00:00:00.250Z"}))
-    untimed = cloud_event(row({}))
+    modified = 1_767_225_700_000_000_000
+    timed = cloud_event(row({"time": "2026-01-01T00:00:00.250Z"}), modified)
+    untimed = cloud_event(row({}), modified)
 
     assert isinstance(timed, EncodedEvent)
     assert isinstance(untimed, EncodedEvent)
-    assert (timed.time_ms, untimed.time_ms) == (1_767_225_600_250, 0)
+    assert (timed.time_ms, untimed.time_ms) == (1_767_225_600_250, 1_767_225_700_000)
+    # Without a time of its own: the object's last-modified time, the same on every read.
+    assert orjson.loads(untimed.payload)["time"] == "2026-01-01T00:01:40Z"
+
+
+def test_cloudevents_rows_are_checked_as_the_v3_api_takes_them_when_the_exporter_targets_it() -> None:
+    from otlp_meter.events import EncodedEvent
+    from otlp_meter.sources.s3_formats import Position, Row
+    from otlp_meter.sources.s3_reader import cloud_event
+
+    value = {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "x", "region": "eu"}
+    row = Row(1, 1, value, None, "", Position(), 10)
+
+    assert isinstance(cloud_event(row), EncodedEvent)  # v1 takes extensions
+    refused = cloud_event(row, strict=True)
+    assert isinstance(refused, Row)
+    assert refused.error is not None
+    assert "region" in refused.error
