@@ -14,6 +14,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from otlp_meter.events import format_time, rfc3339_millis
@@ -26,6 +27,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _FIRST_SEGMENT = re.compile(r"[^/?#]*")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""Numeric text as JSON and most producers write it: ASCII digits only (``int()`` and ``float()``
+would also take ``1_000``, full-width digits, ``nan`` and ``infinity``)."""
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
@@ -46,19 +51,20 @@ def _checked_int(value: int, original: Any, target: str = "int") -> int:
     return value
 
 
-def _parse_number(value: str, target: str) -> int | float:
+def _parse_number(value: str, target: str) -> int | Decimal:
+    """Numeric text, exactly: an int, or a Decimal (a float would round ``…993.0`` and ``….5``)."""
     text = value.strip()
-    try:
+    if _INT_TEXT.fullmatch(text):
         return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        raise _cannot(value, target) from None
-    if not math.isfinite(number):
-        raise _cannot(value, target, "not finite")
-    return number
+    if _NUMBER_TEXT.fullmatch(text) is None:
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise _cannot(value, target, "not finite")
+        raise _cannot(value, target)
+    return Decimal(text)
+
+
+def _whole(number: Decimal) -> bool:
+    return number == number.to_integral_value()
 
 
 def as_int(value: Any) -> int:
@@ -68,10 +74,12 @@ def as_int(value: Any) -> int:
         return _checked_int(value, value)
     if kind is str:
         number = _parse_number(value, "int")
-        if type(number) is float:
-            if not number.is_integer():
-                raise _cannot(value, "int", "not a whole number")
-            number = int(number)
+        if isinstance(number, int):
+            return _checked_int(number, value)
+        if not _whole(number):
+            raise _cannot(value, "int", "not a whole number")
+        if abs(number.adjusted()) > 20:  # far out of range: do not build a huge int
+            raise _cannot(value, "int", "out of 64-bit range")
         return _checked_int(int(number), value)
     if kind is float:
         if not value.is_integer():
@@ -87,7 +95,7 @@ def as_float(value: Any) -> float:
         if kind is float or kind is int:
             number = float(value)
         elif kind is str:
-            number = float(_parse_number(value, "float"))
+            number = float(_parse_number(value, "float"))  # Decimal → float: rounds once, inf if huge
         else:
             raise _cannot(value, "float")
     except OverflowError:
@@ -101,7 +109,13 @@ def as_number(value: Any) -> int | float:
     """An int when the value is whole (``40``, ``40.0``, ``"40"``), else a finite float."""
     original, kind = value, type(value)
     if kind is str:
-        value = _parse_number(value, "number")
+        parsed = _parse_number(value, "number")
+        if type(parsed) is Decimal:
+            if _whole(parsed) and abs(parsed.adjusted()) <= 20 and _INT_MIN <= int(parsed) <= _INT_MAX:
+                return int(parsed)  # exactly, however many digits
+            value = float(parsed)
+        else:
+            value = parsed
         kind = type(value)
     if kind is int:
         return _checked_int(value, original, "number")
@@ -183,15 +197,36 @@ def event_source(value: Any) -> str:
 
 
 def event_time(value: Any) -> str:
-    """Integer Unix nanoseconds or RFC 3339 text → RFC 3339 UTC text."""
+    """A Unix timestamp or RFC 3339 text → RFC 3339 UTC text.
+
+    A number is read in the unit its size says (a row's ``timestamp`` is as often seconds as
+    nanoseconds): below 10¹¹ seconds, below 10¹⁴ milliseconds, below 10¹⁷ microseconds, else
+    nanoseconds. For times from 1973 to 5138 the four ranges cannot be confused.
+    """
     kind = type(value)
     if kind is int:
-        return format_time(value)
+        return format_time(unix_nanos(value))
     if kind is float and math.isfinite(value):
-        return format_time(int(value))
+        return format_time(unix_nanos(value))
     if kind is str:
         return format_time(parse_rfc3339(value))
-    raise ValueError(f"must be Unix nanoseconds or RFC 3339 text, got {show(value)}")
+    raise ValueError(f"must be a Unix timestamp or RFC 3339 text, got {show(value)}")
+
+
+def unix_nanos(value: int | float) -> int:
+    """A Unix timestamp in seconds, milliseconds, microseconds or nanoseconds (by its size) → ns."""
+    size = value
+    if size < 0:
+        return int(value)  # before 1970: refused as it is
+    for limit, scale in _TIMESTAMP_UNITS:
+        if size < limit:
+            if type(value) is int:
+                return value * scale
+            return int(Decimal(repr(value)) * scale)  # the float's digits, not its binary error
+    return int(value)
+
+
+_TIMESTAMP_UNITS = ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3))
 
 
 def parse_rfc3339(text: str) -> int:
@@ -206,6 +241,8 @@ def parse_rfc3339(text: str) -> int:
         raise ValueError(f"not an RFC 3339 time: {show(text)} ({exc})") from None
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     if m.group(8):
+        if int(m.group(9)) > 23 or int(m.group(10)) > 59:
+            raise ValueError(f"not an RFC 3339 time: {show(text)} (offset out of range)")
         offset = int(m.group(9)) * 3600 + int(m.group(10)) * 60
         seconds -= offset if m.group(8) == "+" else -offset
     fraction = int((m.group(7) or "")[:9].ljust(9, "0"))

@@ -199,7 +199,7 @@ def test_time_from_a_path_takes_nanoseconds_or_rfc3339_text() -> None:
         ),
         (-1, "time: time -1 ns is outside 1970..9999"),
         ("1969-12-31T23:59:59Z", "time: time -1000000000 ns is outside 1970..9999"),
-        (True, "time: must be Unix nanoseconds or RFC 3339 text, got True"),
+        (True, "time: must be a Unix timestamp or RFC 3339 text, got True"),
     ],
 )
 def test_bad_time_rejects(value: Any, reason: str) -> None:
