@@ -16,6 +16,7 @@ source of a generated function, for debugging.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -98,8 +99,9 @@ class _Writer:
         self.names[name] = value
         return name
 
-    def read(self, read: Read, target: str, indent: str) -> None:
-        """Lines that put the value of ``read`` (None for no value) into ``target``."""
+    def read(self, read: Read, target: str, indent: str, empty: bool = False) -> None:
+        """Lines that put the value of ``read`` (None for no value) into ``target``; ``empty``: the
+        empty string is no value either (the next place is tried)."""
         if read.is_literal:
             self.lines.append(f"{indent}{target} = {self.name('L', read.literal)}")
             return
@@ -108,7 +110,7 @@ class _Writer:
         for i, (source, arg) in enumerate(read.steps):
             inner = indent
             if i:  # a fallback: tried only while there is no value yet
-                self.lines.append(f"{indent}if {target} is None:")
+                self.lines.append(f"{indent}if {target} is None{f' or {target} == EMPTY' if empty else ''}:")
                 inner = indent + "    "
             if source == "get":
                 self.lines.append(f"{inner}{target} = {self.name('G', arg)}(v)")
@@ -133,6 +135,23 @@ class _Writer:
         function: Callable[..., Any] = self.names[name]
         function.__otlp_meter_source__ = source  # type: ignore[attr-defined]
         return function
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (a data map) a NaN or infinite float is, as a dotted path; None if nowhere."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def source_of(function: Callable[..., Any]) -> str:
@@ -194,11 +213,16 @@ def build_function(
     labels: list[str] = []
     body = ["    at = 0", "    try:"]
 
-    def field(plan: FieldPlan, target: str, data_key: str | None = None) -> None:
+    def field(plan: FieldPlan, target: str, data_key: str | None = None, empty: bool = False) -> None:
+        """``empty``: an empty string is no value (type, subject, source, id: the next path, the
+        default or the fallback is used; data keeps "")."""
         start = len(w.lines)
         w.lines.append(f"        at = {len(labels)}")
         labels.append(plan.label)
-        w.read(plan.read, "x", "        ")
+        empty = empty and any(source != "get" for source, _ in plan.read.steps)  # getters give no ""
+        w.read(plan.read, "x", "        ", empty)
+        if empty and plan.missing != "reject":  # a required one refuses "" in its conversion
+            w.lines.append("        if x == EMPTY: x = None")
         store = f"data[{w.name('D', data_key)}] = x" if data_key is not None else f"{target} = x"
         if plan.read.is_literal:
             w.lines.append(f"        {store}")
@@ -224,7 +248,7 @@ def build_function(
         body.extend(w.lines[start:])
 
     for plan, target in zip(head, ("type_", "subject", "source", "time"), strict=True):
-        field(plan, target)
+        field(plan, target, empty=True)
     if base is not None:
         body.append("        data = None")
         field(base, "data")
@@ -233,8 +257,9 @@ def build_function(
         body.append("        data = {}")
     for key, plan in data:
         field(plan, "", key)
-    field(event_id, "event_id")
+    field(event_id, "event_id", empty=True)
     w.names.update(Rejected=Rejected, dumps=orjson.dumps, tight=kept_bytes, JSONError=orjson.JSONEncodeError)
+    w.names.update(EMPTY="", NULL=b"null", non_finite=non_finite)
     w.names.update(LABELS=tuple(labels), new=tuple.__new__, EncodedEvent=EncodedEvent, millis=time_millis)
     body += [
         "    except ValueError as exc:",
@@ -244,6 +269,11 @@ def build_function(
         ' "type": type_, "subject": subject, "time": time, "data": data}))',
         "    except (JSONError, TypeError) as exc:",
         '        raise Rejected(f"data: cannot encode as JSON: {exc}") from None',
+        # JSON has no NaN or infinity: orjson writes them as null. A payload with a null is checked.
+        "    if NULL in payload:",
+        "        bad = non_finite(data)",
+        "        if bad is not None:",
+        '            raise Rejected(f"data.{bad}: not a finite number (NaN or infinity)")',
         # The default time (the usual one) comes with its milliseconds; any other is read back.
         "    return new(EncodedEvent, (source, event_id, payload,"
         " v.time_ms if time is v.time_text else millis(time)))",

@@ -19,8 +19,13 @@ Per point, in order (``docs/rules.md`` has the operator's version):
 * ``time`` not after the last seen time: a duplicate (a retried export, a copy from a second
   path) or out of order: no event, state unchanged. So the same request twice bills once.
 * a reset: a newer run (start time later than the stored one and not before the last point) or a
-  value that went down (count or sum, for histograms): the whole value is the increase.
-* otherwise the difference, never negative.
+  value that went down (a sum's value; a histogram's count — its sum may go down when negative
+  values are recorded): the whole value is the increase.
+* otherwise the difference, never negative. A histogram's sum is carried only when both points
+  have one (a sum that appears is a new base, not an increase).
+* a point no counter can have — a negative value of a monotonic sum, a value or histogram sum
+  that is NaN or infinite — raises :class:`InvalidPoint` (the engine dead-letters the point; the
+  stream's state is left as it was).
 
 An increase of zero (including a first or reset point whose value is zero) makes no event and
 counts as ``unchanged``; the state still moves on.
@@ -35,6 +40,7 @@ started before it may have been, and must not bill its history again.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -74,7 +80,12 @@ _INT = struct.Struct(">q")
 _DOUBLE = struct.Struct(">d")
 _HIST = struct.Struct(">Qd?")  # count, sum, has sum
 _ABSENT = object()
+_INFINITY = float("inf")
 _STREAM_KEY_SIZE = len(KEY_PREFIX) + 16
+
+
+class InvalidPoint(ValueError):
+    """A cumulative point whose value no counter can have (the reason says which)."""
 
 
 class StreamState(NamedTuple):
@@ -196,7 +207,7 @@ class StreamStates:
         state = self._memory.get(key)
         if state is not None:
             self._memory.move_to_end(key)
-            if key not in self._read:
+            if self._load is not None and key not in self._read:  # in memory only: nothing to expect
                 self._read[key] = state
             return state
         if self._load is None:
@@ -367,11 +378,21 @@ def to_delta(
         if kind is None:
             return None, "no_value"
         value: int | float = getattr(point, kind)
+        if not value >= 0:  # negative, or NaN (every comparison with NaN is false)
+            raise InvalidPoint(f"a monotonic sum cannot be {value}")
+        if value == _INFINITY:
+            raise InvalidPoint("a monotonic sum cannot be infinite")
         current = StreamState(point.start_time_unix_nano, point.time_unix_nano, value)
     else:
         has_sum = point.HasField("sum")
+        if has_sum and not math.isfinite(point.sum):
+            raise InvalidPoint(f"a histogram's sum cannot be {point.sum}")
         current = StreamState(
-            point.start_time_unix_nano, point.time_unix_nano, point.sum, point.count, has_sum
+            point.start_time_unix_nano,
+            point.time_unix_nano,
+            point.sum if has_sum else 0.0,
+            point.count,
+            has_sum,
         )
     last = states.get(key)
     if last is None:
@@ -390,7 +411,7 @@ def to_delta(
         return None, "duplicate"
     states.put(key, current)
     newer_run = current.start > last.start and current.start >= last.time
-    went_down = current.value < last.value or current.count < last.count
+    went_down = current.count < last.count if current.count >= 0 else current.value < last.value
     if newer_run or went_down:
         return _outcome(_delta_point(point, current, None, current.start or last.time, attributes), "reset")
     return _outcome(_delta_point(point, current, last, last.time, attributes), "converted")
@@ -422,14 +443,20 @@ def _delta_point(
         else:
             out.as_double = value
         return out
-    count = current.count - last.count if last is not None else current.count
-    total = current.value - last.value if last is not None and last.has_sum else current.value
-    if count == 0 and (total == 0 or not current.has_sum):
+    if last is None:
+        count, total, has_sum = current.count, current.value, current.has_sum
+    else:  # a sum is an increase only between two points that have one
+        count, total, has_sum = (
+            current.count - last.count,
+            current.value - last.value,
+            current.has_sum and last.has_sum,
+        )
+    if count == 0 and (total == 0 or not has_sum):
         return None
     hist = type(point).FromString(attributes)
     hist.start_time_unix_nano = start
     hist.time_unix_nano = current.time
     hist.count = count
-    if current.has_sum:
+    if has_sum:
         hist.sum = total
     return hist

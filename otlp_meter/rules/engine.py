@@ -246,9 +246,16 @@ class RulesEngine:
                         if hasher is None:
                             view.point = point
                         else:
-                            kvs, attributes = delta.point_attributes(point)
-                            key = delta.stream_key(hasher, kvs)
-                            converted, outcome = delta.to_delta(states, key, point, initial_value, attributes)
+                            try:
+                                kvs, attributes = delta.point_attributes(point)
+                                key = delta.stream_key(hasher, kvs)
+                                converted, outcome = delta.to_delta(
+                                    states, key, point, initial_value, attributes
+                                )
+                            except Exception as exc:  # a point no counter can have, or a bug: this point only
+                                view.point = point
+                                _reject_point(rules[0].name, view, tally, exc)
+                                continue
                             tally.cumulative[outcome] = tally.cumulative.get(outcome, 0) + 1
                             if converted is None:
                                 continue
@@ -320,6 +327,20 @@ def _apply(
             tally.unmatched_records.append(original(view))
     elif len(tally.rejected) > rejections_before:
         tally.rejected_records += 1
+
+
+def _reject_point(rule: str, view: RecordView, tally: _Tally, exc: Exception) -> None:
+    """A cumulative point that cannot be converted: dead-lettered under the first rule of its
+    metric (the one that would have taken it), the rest of the request goes on."""
+    if isinstance(exc, delta.InvalidPoint):
+        reason = f"cumulative point: {exc}"
+    else:
+        if tally.internal_errors is not None:
+            tally.internal_errors.exception(rule, rule=rule, consequence="the point is rejected")
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+    tally.matched[rule] = tally.matched.get(rule, 0) + 1
+    tally.rejected.append(Rejection(tally.signal, rule, reason, _metric_original(view)))
+    tally.rejected_records += 1
 
 
 def _log_original(view: RecordView) -> bytes:

@@ -68,8 +68,10 @@ class Db(dict[bytes, bytes]):
 class Meter:
     """An engine, a state database and the protocol the pipeline follows around them."""
 
-    def __init__(self, initial_value: str = "keep", db: Db | None = None, started: int = T0 - S) -> None:
-        self.engine: RulesEngine = engine(USAGE)
+    def __init__(
+        self, initial_value: str = "keep", db: Db | None = None, started: int = T0 - S, rule: Any = USAGE
+    ) -> None:
+        self.engine: RulesEngine = engine(rule)
         self.engine.initial_value = initial_value  # type: ignore[assignment]
         self.db = db if db is not None else Db()
         self.states = self.engine.stream_states(self.db.get, started)
@@ -191,6 +193,71 @@ def test_histograms_bill_the_increase_of_count_and_sum(kind: str) -> None:
         {"value": 12.5, "count": 3, "from": T0 + S, "to": T0 + 2 * S}
     ]
     assert values(meter.send(request(kind, {"count": 1, "sum": 4.0, "t": T0 + 3 * S}))) == [4.0]  # reset
+
+
+@pytest.mark.parametrize("kind", ["histogram", "exponential_histogram"])
+def test_a_histogram_sum_that_goes_down_is_no_reset_when_its_count_goes_up(kind: str) -> None:
+    """Negative measurements make a sum shrink; only the count (or a new start) tells a reset."""
+    meter = Meter()
+    meter.send(request(kind, {"count": 5, "sum": -50.0, "t": T0 + S}))
+    assert meter.send(request(kind, {"count": 7, "sum": -70.0, "t": T0 + 2 * S})) == [
+        {"value": -20.0, "count": 2, "from": T0 + S, "to": T0 + 2 * S}
+    ]
+    assert meter.last.cumulative == {"converted": 1}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [({"count": 5}, {"count": 7, "sum": 70.0}), ({"count": 5, "sum": 50.0}, {"count": 7})],
+    ids=["sum-appears", "sum-disappears"],
+)
+def test_a_histogram_sum_carried_by_one_point_of_two_is_no_increase(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """A sum that appears is a new base (its whole value was not earned since the last point); a
+    sum that disappears is no reset. The count's increase is billed either way."""
+    counts_and_sums = {**USAGE, "event": {**USAGE["event"], "data": {  # type: ignore[dict-item]
+        "count": {"path": "point.count"}, "sum": {"path": "point.sum", "optional": True}}}}  # fmt: skip
+    meter = Meter(rule=counts_and_sums)
+    meter.send(request("histogram", {**first, "t": T0 + S}))
+    assert meter.send(request("histogram", {**second, "t": T0 + 2 * S})) == [{"count": 2}]
+    assert meter.last.cumulative == {"converted": 1}
+
+
+# --- points no counter can have ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ({"value": -5}, "cumulative point: a monotonic sum cannot be -5"),
+        ({"value": float("nan")}, "cumulative point: a monotonic sum cannot be nan"),
+        ({"value": float("inf")}, "cumulative point: a monotonic sum cannot be infinite"),
+    ],
+)
+def test_an_impossible_counter_value_is_dead_lettered_alone_and_the_stream_goes_on(
+    bad: dict[str, Any], reason: str
+) -> None:
+    meter = Meter()
+    meter.send(request("sum", {"value": 10, "t": T0 + S}))
+    other = {"value": 3, "t": T0 + 2 * S, "attrs": {"customer": "globex"}}
+    assert values(meter.send(request("sum", {**bad, "t": T0 + 2 * S}, other))) == [3]
+    assert [(r.rule, r.reason) for r in meter.last.rejected] == [("usage", reason)]
+    assert meter.last.rejected_records == 1
+    # The state was left as it was: the next real point bills its increase since 10.
+    assert values(meter.send(request("sum", {"value": 30, "t": T0 + 3 * S}))) == [20]
+
+
+def test_an_int64_counter_at_its_extremes_never_fails_the_request() -> None:
+    meter = Meter()
+    assert meter.send(request("sum", {"value": -(2**63), "t": T0 + S})) == []
+    assert values(meter.send(request("sum", {"value": 2**63 - 1, "t": T0 + 2 * S}))) == [2**63 - 1]
+
+
+def test_a_histogram_sum_that_is_not_finite_is_dead_lettered() -> None:
+    meter = Meter()
+    assert meter.send(request("histogram", {"count": 2, "sum": float("nan"), "t": T0 + S})) == []
+    assert [r.reason for r in meter.last.rejected] == ["cumulative point: a histogram's sum cannot be nan"]
 
 
 # --- the first point of a stream -----------------------------------------------------------------

@@ -273,3 +273,23 @@ def test_rejected_point_of_every_metric_type_round_trips(kind: str) -> None:
     )
     [rejection] = result.rejected
     assert ExportMetricsServiceRequest.FromString(rejection.original) == request
+
+
+# --- values JSON cannot carry, and empty text ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_value_that_is_not_a_finite_number_rejects_the_record(value: float) -> None:
+    """JSON has no NaN or infinity (orjson would write null): the record is dead-lettered."""
+    record = log_record({"v": value, "ok": 1.5})
+    reason = rejection_of({"data": {"ok": {"path": "attributes.ok"}, "v": {"path": "attributes.v"}}}, record)
+    assert reason == "data.v: not a finite number (NaN or infinity)"
+
+
+def test_empty_text_in_a_subject_path_falls_back_to_the_next_path() -> None:
+    """``openmeter.subject: ""`` (an SDK default, an empty label) is no subject: the next one is used."""
+    subject = {"path": ["attributes.openmeter.subject", "attributes.customer.id"]}
+    event = event_of({"subject": subject}, log_record({"openmeter.subject": "", "customer.id": "acme"}))
+    assert event["subject"] == "acme"
+    data = event_of({"data": {"s": {"path": "attributes.s"}}}, log_record({"s": ""}))["data"]
+    assert data == {"s": ""}  # data keeps its empty text
