@@ -85,11 +85,13 @@ def aligned_ticks(last_done: float | None, now: float, interval: float, max_catc
 
     The first run (``last_done`` None) starts with the latest completed tick only. After downtime at
     most ``max_catch_up`` missed ticks are run (the newest ones); older ones are reported as skipped.
+    A ``last_done`` off the grid (the interval was changed) is followed by the next multiple of the
+    new interval: ticks stay on the grid and never end after ``now``.
     """
     latest = math.floor(now / interval) * interval
     if last_done is None:
         return TickPlan([latest], 0)
-    first = last_done + interval
+    first = (math.floor(last_done / interval) + 1) * interval
     if first > latest:
         return TickPlan([], 0)
     count = round((latest - first) / interval) + 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from otlp_meter.config_types import Section
 from otlp_meter.sources import kubernetes, prometheus, runai, s3
@@ -26,6 +28,21 @@ class SourcesConfig(Section):
     runai: list[RunaiSourceConfig] = Field(
         default_factory=list, description="Run:ai workload/pod GPU metrics, per tick."
     )
+
+    @field_validator("prometheus", "s3", "runai")
+    @classmethod
+    def _unique_names(cls, instances: list[Any], info: Any) -> list[Any]:
+        # The name keys an instance's cursor: two instances of one kind with one name would share
+        # it, and one would skip what the other has read.
+        first: dict[str, int] = {}
+        for i, instance in enumerate(instances):
+            if instance.name in first:
+                raise ValueError(
+                    f"[{i}].name repeats '{instance.name}' of [{first[instance.name]}]: give each "
+                    f"{info.field_name} source a name of its own (it keys the source's cursor)"
+                )
+            first[instance.name] = i
+        return instances
 
 
 def build_sources(

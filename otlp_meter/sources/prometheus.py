@@ -19,6 +19,7 @@ import functools
 import math
 import re
 from datetime import UTC, datetime
+from typing import Literal
 
 import httpx
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -49,6 +50,9 @@ KIND = "prometheus"
 log = get_logger("sources.prometheus")
 
 _NAME = re.compile(r"[A-Za-z0-9_.:/-]+")
+_PARTIAL = re.compile(r"partial", re.IGNORECASE)
+"""How Thanos ("partial response"), Mimir and Cortex word a warning about data they could not read."""
+
 # Failures that retrying cannot fix without a config change: logged as errors, not warnings.
 _CONFIG_FAILURES = frozenset({"result_type", "api", "http"})
 
@@ -111,6 +115,11 @@ class PrometheusSourceConfig(Section):
         60, ge=1, description="Most missed ticks run per query after downtime (the newest); 1: none."
     )
     timeout: Duration = Field(30.0, gt=0, description="Timeout of one query (sent to Prometheus too).")
+    partial_answers: Literal["retry", "accept"] = Field(
+        "retry",
+        description="An answer Thanos, Mimir or Cortex marks partial (a warning naming a store or "
+        "ingester it could not reach): retry the tick (default), or bill what it holds.",
+    )
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Extra request headers, e.g. Authorization: Bearer ${PROMETHEUS_TOKEN}.",
@@ -223,6 +232,8 @@ class PrometheusSource:
     ) -> tuple[ExportMetricsServiceRequest, Answer]:
         at = tick - self.config.query_offset
         form = {"query": query.promql, "time": f"{at:.3f}", "timeout": f"{self.config.timeout:g}s"}
+        if self.config.partial_answers == "retry":
+            form["partial_response"] = "false"  # Thanos then fails the query itself; others ignore it
         try:
             response = await client.post(f"{self.config.url}/api/v1/query", data=form)
         except httpx.TimeoutException as exc:
@@ -230,6 +241,10 @@ class PrometheusSource:
         except httpx.HTTPError as exc:
             raise QueryFailed("network", f"{type(exc).__name__}: {exc}") from None
         answer = parse_answer(response.status_code, response.content)
+        partial = [w for w in answer.warnings if _PARTIAL.search(w)]
+        if partial and self.config.partial_answers == "retry":
+            # A tick is committed once: billing what a partial answer holds would lose the rest for good.
+            raise QueryFailed("partial", f"the answer is partial: {partial[0][:300]}")
         resource = {"otlp_meter.source.name": self.name}
         return points_request(query.name, int(tick) * 1_000_000_000, answer.series, resource), answer
 

@@ -129,6 +129,16 @@ class RunaiSourceConfig(Section):
             raise ValueError("must be a whole number of seconds (interval at least 1s)")
         return value
 
+    @field_validator("step")
+    @classmethod
+    def _divides_interval(cls, value: float, info: Any) -> float:
+        # Each sample holds for at most one step: samples spaced wider than that (an interval that is
+        # no whole number of steps) would leave part of every tick unbilled.
+        interval = info.data.get("interval")
+        if interval is not None and Fraction(repr(interval)) % Fraction(repr(value)) != 0:
+            raise ValueError(f"must divide interval ({interval:g}s) into whole steps, got {value:g}s")
+        return value
+
     @field_validator("metrics")
     @classmethod
     def _metric_types(cls, value: list[str]) -> list[str]:

@@ -123,21 +123,28 @@ class TickLoop:
                     ticks=len(plan.due),
                     first=iso(plan.due[0]),
                 )
+            start = None if plan.skipped else last  # after a change of interval: not on the grid
             for end in plan.due:
-                if not await self._run_tick(sink, stop, end, late):
+                # The interval [end - interval, end); the first one after a tick off the grid
+                # starts where that tick ended (nothing billed twice, nothing left out).
+                begin = end - self.interval if start is None else max(end - self.interval, start)
+                if not await self._run_tick(sink, stop, end, late, begin):
                     return
+                start = None
             if (last := self.last_done(sink)) is not None:
                 self.stats.set("cursor_lag_seconds", max(0.0, self.clock() - last))
             next_due = (math.floor((self.clock() - self.delay) / self.interval) + 1) * self.interval
             if await self.wait(stop, max(0.0, next_due + self.delay - self.clock())):
                 return
 
-    async def _run_tick(self, sink: SourceSink, stop: asyncio.Event, end: float, late: bool) -> bool:
-        """Compute and commit one tick; False when stopping first."""
+    async def _run_tick(
+        self, sink: SourceSink, stop: asyncio.Event, end: float, late: bool, start: float
+    ) -> bool:
+        """Compute and commit the tick ``[start, end)``; False when stopping first."""
         delays = self.backoff.delays()
         while not stop.is_set():
             try:
-                request = await self.produce(end - self.interval, end)
+                request = await self.produce(start, end)
                 result = await deliver(
                     functools.partial(sink.metrics, request, {self.key: encode_tick(end)}),
                     stop,

@@ -54,12 +54,14 @@ class FakePrometheus:
         self.answers: dict[str, Answer | list[Answer]] = {}
         self.calls: list[tuple[str, float]] = []
         self.headers: list[httpx.Headers] = []
+        self.forms: list[dict[str, list[str]]] = []
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         assert (request.method, request.url.path) == ("POST", "/api/v1/query")
         form = parse_qs(request.content.decode())
         query, at = form["query"][0], float(form["time"][0])
         self.calls.append((query, at))
+        self.forms.append(form)
         self.headers.append(request.headers)
         answer = self.answers[query]
         if isinstance(answer, list):  # a script: one answer per call, the last one repeats
@@ -307,3 +309,41 @@ async def test_queued_events_are_valid_openmeter_events(harness: Harness) -> Non
         await harness.time.settle(1)
     for event in harness.events():
         assert validate_event(orjson.loads(orjson.dumps(event)), None, "v1") == []
+
+
+def partial(*points: tuple[str, str]) -> Answer:
+    """What Thanos answers when a store gateway is down and partial responses are allowed."""
+
+    def respond(at: float) -> httpx.Response:
+        result = [{"metric": {"customer": c}, "value": [at, v]} for c, v in points]
+        data = {"resultType": "vector", "result": result}
+        warnings = ["partial response: store gateway eu-1 unavailable"]
+        return httpx.Response(200, json={"status": "success", "data": data, "warnings": warnings})
+
+    return respond
+
+
+async def test_a_partial_answer_is_retried_not_billed(harness: Harness) -> None:
+    """A tick is committed once: billing what a partial answer holds would lose the rest for good."""
+    harness.prometheus.answers[USAGE] = [partial(("acme", "5")), vector(("acme", "12"))]
+    async with harness.running(source := harness.source(config())):
+        await harness.time.settle(1)
+        await harness.time.advance(1)  # the backoff after the partial answer
+        await harness.time.settle(1)
+    assert [e["data"]["value"] for e in harness.events()] == [12]
+    assert source.stats.counts["ticks_failed"] == 1
+
+
+async def test_partial_answers_are_billed_when_the_config_accepts_them(harness: Harness) -> None:
+    harness.prometheus.answers[USAGE] = [partial(("acme", "5"))]
+    async with harness.running(harness.source(config(partial_answers="accept"))):
+        await harness.time.settle(1)
+    assert [e["data"]["value"] for e in harness.events()] == [5]
+    assert "partial_response" not in harness.prometheus.forms[0]
+
+
+async def test_thanos_is_asked_not_to_answer_partially(harness: Harness) -> None:
+    harness.prometheus.answers[USAGE] = vector(("acme", "12"))
+    async with harness.running(harness.source(config())):
+        await harness.time.settle(1)
+    assert harness.prometheus.forms[0]["partial_response"] == ["false"]

@@ -288,6 +288,8 @@ def test_the_secret_comes_from_config_or_the_environment(monkeypatch: pytest.Mon
         ({"url": "ftp://x", "app_id": "m"}, "http"),
         ({"url": "https://x", "app_id": "m", "metrics": ["gpu utilization"]}, "not Run:ai metric types"),
         ({"url": "https://x", "app_id": "m", "interval": 60, "step": 0.01}, "between 1 and 1000"),
+        # samples 25 s apart would each be held for at most 25 s of the 30 between them: unbilled
+        ({"url": "https://x", "app_id": "m", "interval": 60, "step": 25}, "must divide interval"),
         ({"url": "https://x", "app_id": "m", "interval": "1.5s"}, "whole number"),
         ({"url": "https://x", "app_id": "m", "page_size": 1}, "greater than or equal to 2"),
         ({"url": "https://x", "app_id": "m", "resource_type": "node"}, "workload"),
