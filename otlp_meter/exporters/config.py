@@ -125,8 +125,35 @@ def resolve_target(config: ExporterConfig, data_directory: Path, env: Mapping[st
         url = KONNECT_DEFAULT_URL
     if url is None:
         return Target("file", str(data_directory / "events.jsonl"))
-    api = config.openmeter.api
-    if api == "auto":
-        api = "v3" if urlsplit(url).path.rstrip("/").endswith("/v3/openmeter") else "v1"
-    endpoint = f"{url}/events" if api == "v3" else f"{url}/api/v1/events"
+    where = "exporter.openmeter.url" if config.openmeter.url is not None else "$OPENMETER_URL"
+    endpoint, api = ingest_endpoint(url, config.openmeter.api, where)
     return Target("openmeter", endpoint, token, api)
+
+
+def ingest_endpoint(
+    url: str, api: Literal["auto", "v1", "v3"], where: str = "exporter.openmeter.url"
+) -> tuple[str, Literal["v1", "v3"]]:
+    """The events endpoint for ``url`` and the API it speaks (``api``: ``auto``, ``v1`` or ``v3``).
+
+    ``url`` is a base URL — self-hosted OpenMeter (``…/api/v1/events`` is added), Konnect's
+    ``…/v3/openmeter`` or ``…/v3`` (``…/v3/openmeter/events``) — or already the events URL itself
+    (``…/api/v1/events``, ``…/openmeter/events``), taken as it is. A query or fragment is refused:
+    it would end up in the middle of the path.
+    """
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigError([(where, f"the OpenMeter URL must have no query or fragment: {url!r}")])
+    base = url.rstrip("/")
+    path = parts.path.rstrip("/")
+    if api == "auto":
+        if path.endswith("/api/v1/events"):
+            return base, "v1"
+        if path.endswith("/openmeter/events"):
+            return base, "v3"
+        if path.endswith("/v3/openmeter"):
+            return f"{base}/events", "v3"
+        if path.endswith("/v3"):  # Konnect's server URL, as the API reference gives it
+            return f"{base}/openmeter/events", "v3"
+        return f"{base}/api/v1/events", "v1"
+    suffix = "/events" if api == "v3" else "/api/v1/events"
+    return (base if path.endswith(suffix) else base + suffix), api

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import KONNECT_DEFAULT_URL, ExporterConfig, Target, resolve_target
 
 DATA = Path("/var/lib/otlp-meter")
@@ -109,3 +110,31 @@ def test_describe_hides_credentials_written_into_the_url() -> None:
 
 def test_describe_of_a_file_target_names_the_file() -> None:
     assert resolve().describe() == f"file {DATA / 'events.jsonl'}"
+
+
+@pytest.mark.parametrize(
+    ("url", "api", "endpoint"),
+    [
+        ("https://us.api.konghq.com/v3", "v3", "https://us.api.konghq.com/v3/openmeter/events"),
+        (
+            "https://us.api.konghq.com/v3/openmeter/events",
+            "v3",
+            "https://us.api.konghq.com/v3/openmeter/events",
+        ),
+        ("http://localhost:8888/api/v1/events", "v1", "http://localhost:8888/api/v1/events"),
+        ("http://localhost:8888/api/v1/events/", "v1", "http://localhost:8888/api/v1/events"),
+    ],
+    ids=["konnect-server-url", "konnect-events-url", "v1-events-url", "trailing-slash"],
+)
+def test_the_api_reference_s_server_url_or_the_events_url_itself_are_understood(
+    url: str, api: str, endpoint: str
+) -> None:
+    """Nothing is appended twice: a doubled path is a 404 retried forever, events never delivered."""
+    target = resolve({"OPENMETER_URL": url, "OPENMETER_TOKEN": TOKEN})
+    assert (target.api, target.endpoint) == (api, endpoint)
+
+
+def test_a_url_with_a_query_is_refused_with_where_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"no query or fragment") as refused:
+        resolve({"OPENMETER_URL": "http://openmeter:8888?tenant=a"})
+    assert refused.value.problems[0][0] == "$OPENMETER_URL"
