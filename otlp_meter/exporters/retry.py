@@ -92,9 +92,13 @@ class Backoff:
         c = self.config
         grown = c.initial_backoff * _growth(c.multiplier, attempt - 1) if c.initial_backoff > 0 else 0.0
         base = min(c.max_backoff, grown)
-        jittered = base * (1.0 + c.jitter * (2.0 * self.random() - 1.0))
+        spread = 2.0 * self.random() - 1.0
+        jittered = base * (1.0 + c.jitter * spread)
         if retry_after is not None:
-            return max(jittered, min(retry_after, c.max_backoff * 10))
+            # Never sooner than the server asked, but not all at once either: every batch in flight
+            # (and every collector of a DaemonSet) got the same Retry-After.
+            asked = min(retry_after, c.max_backoff * 10) * (1.0 + c.jitter * abs(spread))
+            return max(jittered, asked)
         return max(0.0, jittered)
 
     def expired(self, first_attempt_at: float, now: float) -> bool:

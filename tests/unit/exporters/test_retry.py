@@ -144,6 +144,13 @@ def test_retry_after_longer_than_the_backoff_is_honoured() -> None:
     assert backoff().delay(1, retry_after=30.0) == 30.0
 
 
+@pytest.mark.parametrize(("draw", "expected"), [(0.0, 36.0), (0.25, 33.0), (0.5, 30.0), (1.0, 36.0)])
+def test_retry_after_is_spread_but_never_shortened(draw: float, expected: float) -> None:
+    """Every batch in flight, and every collector of a DaemonSet, got the same Retry-After: they
+    come back over up to the jitter fraction after it, not all at the same instant."""
+    assert backoff(random=draw).delay(1, retry_after=30.0) == pytest.approx(expected)
+
+
 def test_retry_after_shorter_than_the_backoff_does_not_shorten_it() -> None:
     assert backoff().delay(4, retry_after=1.0) == 8.0
     assert backoff().delay(4, retry_after=0.0) == 8.0
