@@ -6,6 +6,9 @@ where reading stands after it (:class:`Position`), which is what the s3 source c
 row's events: reading resumes there after a crash, either by a ranged GET at ``offset`` (plain
 files) or by reading from the start and skipping ``rows`` rows (gzip, where offsets mean nothing).
 
+A UTF-8 byte-order mark at the very start of an object is skipped (its bytes still count in
+``offset``); a ranged read, which starts mid-object, never strips anything.
+
 A row that cannot be read (bad JSON, not an object, a broken CSV record, invalid UTF-8, too long)
 is still a :class:`Row`, with ``error`` set and ``raw`` holding its text: the source dead-letters it
 and goes on with the next. Damage that ends the file (corrupt gzip, a JSON array that is not one)
@@ -15,8 +18,10 @@ becomes one last error row.
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -26,6 +31,8 @@ import orjson
 Layout = Literal["jsonl", "json", "csv"]
 RAW_LIMIT = 1024
 """Characters of an unreadable row kept for the dead letter."""
+BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte-order mark, skipped at the start of an object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,10 @@ def read_rows(
     """The rows after ``start``. ``ranged``: ``chunks`` begin at ``start.offset`` (a ranged GET);
     otherwise they begin at byte 0 and the first ``start.rows`` rows are read and dropped."""
     begin = start if ranged else Position(offset=start.offset if start.offset is None else 0)
+    if not ranged or begin.offset == 0:  # the chunks start at the object's first byte
+        chunks, marked = skip_bom(chunks)
+        if marked and begin.offset is not None:
+            begin = replace(begin, offset=len(BOM))
     if layout == "json":
         rows = _json_array_rows(chunks, begin, max_row_bytes)
     elif layout == "csv":
@@ -103,6 +114,18 @@ def read_rows(
     for row in rows:
         if row.number > start.rows:
             yield row
+
+
+def skip_bom(chunks: Iterator[bytes]) -> tuple[Iterator[bytes], bool]:
+    """``chunks`` without a leading UTF-8 byte-order mark, and whether there was one (it may be
+    split across chunks; only a whole mark is dropped)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(BOM):
+            break
+    marked = head.startswith(BOM)
+    return itertools.chain([head[len(BOM) :] if marked else head], chunks), marked
 
 
 def _object(text: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -191,37 +214,98 @@ def csv_value(cell: str) -> Any:
     return cell
 
 
-def _csv_records(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[bytes | None, int, int, str]]:
-    """Physical lines joined into records (a quoted field may hold newlines): (record, lines, bytes,
-    problem). A record is complete when its quotes balance; ``problem`` is set (and the record
-    None) when it is too long or its quote never closes before the end of the file."""
-    parts: list[bytes] = []
-    lines = size = quotes = 0
-    too_long = False
-    for line, line_size in _lines(chunks, limit):
-        lines += 1
-        size += line_size
-        if line is None:
-            too_long = True
-        elif not too_long:
-            parts.append(line)
-            quotes += line.count(b'"')
-            too_long = size > limit
-        if too_long or quotes % 2 == 0:
-            yield (
-                (None, lines, size, _too_long(size, limit))
-                if too_long
-                else (b"\n".join(parts), lines, size, "")
+def _ends_quoted(line: bytes, delimiter: bytes, quoted: bool) -> bool:
+    """Whether a CSV line ends inside a quoted field, read from the start of a record or from inside
+    a quoted field (``quoted``: the line continues one). As RFC 4180 and Python's csv read it: a
+    quote opens a quoted field only at the start of a field (elsewhere it is a character like any
+    other, as in ``5" disk``); inside one, ``""`` is a quote and a lone ``"`` closes it."""
+    i, field_start = 0, not quoted
+    while True:
+        j = line.find(b'"', i)
+        if j < 0:
+            return quoted
+        if quoted:
+            if line.startswith(b'"', j + 1):
+                i = j + 2  # an escaped quote
+            else:
+                quoted, field_start, i = False, False, j + 1
+        else:
+            quoted = (j == i and field_start) or (
+                j >= len(delimiter) and line[j - len(delimiter) : j] == delimiter
             )
-            parts, lines, size, quotes, too_long = [], 0, 0, 0, False
-    if lines:
-        yield None, lines, size, "unterminated quoted field at the end of the file"
+            field_start, i = False, j + 1
+
+
+def _unterminated(reason: str) -> str:
+    return f"unterminated quoted field (no closing quote {reason})"
+
+
+def _csv_records(
+    chunks: Iterator[bytes], limit: int, delimiter: str
+) -> Iterator[tuple[bytes | None, int, int, str, bytes]]:
+    """Physical lines joined into records (a quoted field may hold newlines): (record, lines,
+    bytes, problem, raw). ``problem`` is set (and the record None) when the record is too long, or
+    when a quoted field it opens is not closed before the end of the file or within ``limit``
+    bytes: that record is then its first line alone (``raw``), and the next record starts on the
+    line after it, so a stray quote costs one line, never the rest of the file.
+
+    Where a record ends depends only on the bytes from its start, so reading resumed at any
+    record gives the same records. Each line is scanned at most twice (as the start of a record
+    and inside a quoted field); lines read ahead are held up to ``limit`` bytes."""
+    sep = delimiter.encode()
+    source = _lines(chunks, limit)
+    ahead: deque[tuple[bytes | None, int]] = deque()  # lines read past the record being read
+    inside = 0  # how many lines of ``ahead`` are known to end still inside a quoted field
+    inside_length = 0  # their length joined (with the newlines between them)
+    while True:
+        if ahead:
+            line, size = ahead.popleft()
+            if inside:
+                inside, inside_length = inside - 1, inside_length - 1 - len(line or b"")
+        elif (item := next(source, None)) is not None:
+            line, size = item
+        else:
+            return
+        if line is None:
+            yield None, 1, size, _too_long(size, limit), b""
+            continue
+        if not _ends_quoted(line, sep, quoted=False):
+            yield line, 1, size, "", b""
+            continue
+        length, closed, ended = len(line) + inside_length, False, False
+        while length <= limit:
+            if inside == len(ahead):
+                if (item := next(source, None)) is None:
+                    ended = True
+                    break
+                ahead.append(item)
+            following = ahead[inside][0]
+            if following is None:  # an over-long line: the record cannot fit
+                break
+            length += 1 + len(following)
+            if length > limit:
+                break
+            if not _ends_quoted(following, sep, quoted=True):
+                closed = True
+                break
+            inside, inside_length = inside + 1, inside_length + 1 + len(following)
+        if closed:
+            parts = [line]
+            for _ in range(inside + 1):
+                part, part_size = ahead.popleft()
+                parts.append(part or b"")
+                size += part_size
+            yield b"\n".join(parts), inside + 2, size, "", b""
+            inside = inside_length = 0
+        else:
+            reason = "before the end of the file" if ended else f"within max_row_bytes, {limit} bytes"
+            yield None, 1, size, _unterminated(reason), line
 
 
 def _csv_rows(chunks: Iterator[bytes], at: Position, limit: int, delimiter: str) -> Iterator[Row]:
     columns = at.columns
     try:
-        for record, lines, size, problem in _csv_records(chunks, limit):
+        for record, lines, size, problem, raw_line in _csv_records(chunks, limit, delimiter):
             line_no = at.line
             if record is not None and not record.strip():
                 at = _advance(at, 0, lines, size)
@@ -238,7 +322,7 @@ def _csv_rows(chunks: Iterator[bytes], at: Position, limit: int, delimiter: str)
                 error = f"{len(cells)} fields, the header has {len(columns)}"
                 cells = None
             if cells is None:
-                raw = _raw(record) if record is not None else ""
+                raw = _raw(record if record is not None else raw_line)
                 yield Row(at.rows, line_no, None, error, raw, at, size)
                 continue
             value = {name: csv_value(cell) for name, cell in zip(columns, cells, strict=True) if cell != ""}
@@ -249,7 +333,7 @@ def _csv_rows(chunks: Iterator[bytes], at: Position, limit: int, delimiter: str)
 
 def _csv_cells(record: bytes, delimiter: str) -> tuple[list[str] | None, str]:
     try:
-        text = record.decode("utf-8-sig" if record.startswith(b"\xef\xbb\xbf") else "utf-8")
+        text = record.decode()
     except UnicodeDecodeError as exc:
         return None, f"not valid UTF-8: {exc}"
     try:

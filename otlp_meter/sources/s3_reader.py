@@ -25,7 +25,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from otlp_meter.events import EncodedEvent, encode_payload, format_time, rfc3339_millis
 from otlp_meter.receivers.cloudevents import validate_event
 from otlp_meter.sources.base import SCOPE_PREFIX, any_value, key_values
-from otlp_meter.sources.s3_formats import Layout, Position, Row, gunzip, read_rows
+from otlp_meter.sources.s3_formats import BOM, Layout, Position, Row, gunzip, read_rows
 
 Format = Literal["jsonl", "json", "csv", "cloudevents"]
 Compression = Literal["auto", "none", "gzip"]
@@ -111,7 +111,9 @@ class ObjectStream:
     """One object's rows after ``progress``, from one GET (ranged when resuming a plain file).
 
     ``changed`` tells that the object's ETag is not the one ``progress`` names (it was rewritten):
-    the rows then continue at the same row number of the new version, read from its start.
+    the rows then continue at the same row number of the new version, read from its start. That
+    holds too when the new version is shorter than the committed offset (the ranged GET is refused
+    as InvalidRange): its rows after the committed row number are read, if it has any.
     """
 
     def __init__(
@@ -142,8 +144,10 @@ class ObjectStream:
         offset = p.position.offset
         ranged = p.gzip is False and offset is not None and offset > 0
         response = self._get(f"bytes={offset}-" if ranged else None)
-        if response is None:  # the range starts at the end: every row was read
-            return self
+        if response is None:  # the range starts at or past the end of the object
+            if self._etag() == p.etag:
+                return self  # the same version, read to its end: every row was read
+            response, ranged = self._get(None), False  # rewritten shorter: read the new version
         if response["ETag"] != p.etag:
             self.changed = True
             modified = response["LastModified"].timestamp()
@@ -189,11 +193,23 @@ class ObjectStream:
                 return None
             raise
 
+    def _etag(self) -> str:
+        """The object's current ETag (a HEAD; NoSuchKey/404 when it is gone)."""
+        etag: str = self._client.head_object(Bucket=self.bucket, Key=self.progress.key)["ETag"]
+        return etag
+
     def _layout(self, chunks: Iterator[bytes]) -> tuple[Layout, Iterator[bytes]]:
         if self._format != "cloudevents":
             return self._format, chunks
-        first = next(chunks, b"")  # CloudEvents files hold a JSON array (a batch) or JSON Lines
-        return ("json" if first.lstrip().startswith(b"[") else "jsonl"), itertools.chain([first], chunks)
+        # CloudEvents files hold a JSON array (a batch) or JSON Lines: look at the first byte that is
+        # not space (after a byte-order mark), even when the first chunks are short.
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if (len(head) >= len(BOM) and head.removeprefix(BOM).lstrip()) or len(head) >= READ_SIZE:
+                break
+        layout: Layout = "json" if head.removeprefix(BOM).lstrip().startswith(b"[") else "jsonl"
+        return layout, itertools.chain([head], chunks)
 
     def take(self, max_rows: int, max_bytes: int) -> tuple[list[Row], bool]:
         """The next rows (at most ``max_rows``, or fewer once ``max_bytes`` are read) and whether

@@ -36,6 +36,9 @@ def rows(
     return list(read_rows(chunked(body, chunk), layout, start, ranged=ranged, max_row_bytes=limit, **kw))
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def values(found: list[Row]) -> list[Any]:
     return [r.value if r.error is None else ("error", r.line, r.error) for r in found]
 
@@ -151,7 +154,8 @@ def test_broken_csv_records_are_error_rows() -> None:
         found[2] and ("error", 4, found[2].error),
         found[3] and ("error", 5, found[3].error),
         {"a": 4, "b": 5},
-        ("error", 7, "unterminated quoted field at the end of the file"),
+        ("error", 7, "unterminated quoted field (no closing quote before the end of the file)"),
+        {"a": 7, "b": 8},
     ]
     assert str(found[2].error).startswith("malformed CSV")
     assert str(found[3].error).startswith("not valid UTF-8")
@@ -163,7 +167,12 @@ def test_a_custom_delimiter() -> None:
 
 def test_an_unreadable_header_ends_the_file() -> None:
     assert values(rows(b'"a,b\n', "csv")) == [
-        ("error", 1, "the CSV header cannot be read: unterminated quoted field at the end of the file")
+        (
+            "error",
+            1,
+            "the CSV header cannot be read: unterminated quoted field (no closing quote before the end "
+            "of the file)",
+        )
     ]
 
 
@@ -240,11 +249,12 @@ def expected(layout: Layout, item: dict[str, Any]) -> dict[str, Any]:
     chunk=st.integers(1, 40),
     cut=st.integers(0, 8),
     compressed=st.booleans(),
+    bom=st.booleans(),
 )
 def test_any_chunking_and_any_resume_point_give_the_same_rows(
-    layout: Layout, items: list[dict[str, Any]], chunk: int, cut: int, compressed: bool
+    layout: Layout, items: list[dict[str, Any]], chunk: int, cut: int, compressed: bool, bom: bool
 ) -> None:
-    data = encode(layout, items)
+    data = (BOM if bom else b"") + encode(layout, items)
     full = rows(data, layout, chunk=chunk)
     assert [r.value for r in full] == [expected(layout, i) for i in items]
     if cut >= len(full):
@@ -304,3 +314,130 @@ def test_cloudevents_rows_are_checked_as_the_v3_api_takes_them_when_the_exporter
     assert isinstance(refused, Row)
     assert refused.error is not None
     assert "region" in refused.error
+
+
+# --- Byte-order mark -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 64])
+def test_a_leading_byte_order_mark_is_skipped_in_json_lines(chunk: int) -> None:
+    data = BOM + b'{"a": 1}\n{"b": 2}\n'
+    found = rows(data, "jsonl", chunk=chunk)
+    assert values(found) == [{"a": 1}, {"b": 2}]
+    assert [r.line for r in found] == [1, 2]
+    assert [r.after.offset for r in found] == [3 + 9, len(data)]  # offsets count the mark's bytes
+    assert rows(data, "jsonl", found[0].after, chunk=chunk) == found[1:]  # a ranged resume
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 64])
+def test_a_leading_byte_order_mark_is_skipped_in_a_json_array(chunk: int) -> None:
+    data = BOM + b'[{"a": 1},\n{"b": 2}]\n'
+    found = rows(data, "json", chunk=chunk)
+    assert values(found) == [{"a": 1}, {"b": 2}]
+    assert found[0].after.offset == len(BOM + b'[{"a": 1}')
+    assert rows(data, "json", found[0].after, chunk=chunk) == found[1:]
+
+
+def test_only_a_mark_at_the_start_of_the_object_is_skipped() -> None:
+    found = rows(b'{"a": 1}\n' + BOM + b'{"b": 2}\n', "jsonl")  # mid-file: a broken row, as before
+    assert [r.error is None for r in found] == [True, False]
+    assert rows(b"\xef\xbb" + b'{"a": 1}\n', "jsonl")[0].error is not None  # not a whole mark
+    assert rows(BOM, "jsonl") == []
+    start = Position(rows=1, line=2, offset=3)  # a ranged read never strips what it starts on
+    data = b"abc" + BOM + b'{"b": 2}\n'
+    assert rows(data, "jsonl", start)[0].error is not None
+
+
+def test_a_byte_order_mark_inside_gzip_is_skipped() -> None:
+    data = gzip.compress(BOM + b'{"a": 1}\n{"b": 2}\n')
+    found = list(
+        read_rows(gunzip(chunked(data, 5)), "jsonl", Position(offset=None), ranged=False, max_row_bytes=99)
+    )
+    assert values(found) == [{"a": 1}, {"b": 2}]
+    resumed = Position(rows=1, line=2, offset=None)
+    again = list(read_rows(gunzip(chunked(data, 5)), "jsonl", resumed, ranged=False, max_row_bytes=99))
+    assert values(again) == [{"b": 2}]
+
+
+# --- CSV quotes ----------------------------------------------------------------------------------
+
+
+def csv_file(*lines: bytes) -> bytes:
+    return b"type,subject,n,note\n" + b"".join(line + b"\n" for line in lines)
+
+
+def resumes_identically(data: bytes, layout: Layout = "csv", **kw: Any) -> list[Row]:
+    """The rows of ``data``; reading resumed after any of them (ranged) gives the same rest."""
+    full = rows(data, layout, **kw)
+    for cut, row in enumerate(full, 1):
+        assert rows(data, layout, row.after, **kw) == full[cut:], cut
+    return full
+
+
+def test_a_quote_inside_an_unquoted_field_is_just_a_character() -> None:
+    data = csv_file(
+        b"api-calls,acme,1,x",
+        b'api-calls,acme,2,5" disk',
+        *(b"api-calls,acme,%d,x" % n for n in range(3, 50)),
+    )
+    found = resumes_identically(data)
+    assert [r.error for r in found] == [None] * 49
+    assert found[1].value == {"type": "api-calls", "subject": "acme", "n": 2, "note": '5" disk'}
+    assert [r.line for r in found] == list(range(2, 51))
+    assert found[-1].after.offset == len(data)
+
+
+def test_a_quote_that_never_closes_is_only_its_own_line() -> None:
+    data = csv_file(
+        b"api-calls,acme,1,x", b'api-calls,"acme,2,x', b"api-calls,acme,3,x", b"api-calls,acme,4,x"
+    )
+    found = resumes_identically(data)
+    assert values(found) == [
+        {"type": "api-calls", "subject": "acme", "n": 1, "note": "x"},
+        ("error", 3, "unterminated quoted field (no closing quote before the end of the file)"),
+        {"type": "api-calls", "subject": "acme", "n": 3, "note": "x"},
+        {"type": "api-calls", "subject": "acme", "n": 4, "note": "x"},
+    ]
+    assert found[1].raw == 'api-calls,"acme,2,x'  # kept for the dead letter, to be replayed
+    assert [r.after.line for r in found] == [3, 4, 5, 6]
+
+
+def test_a_quote_not_closed_within_max_row_bytes_is_only_its_own_line() -> None:
+    filler = [b"api-calls,acme,%d,filler-filler-filler" % n for n in range(3, 30)]
+    closing = b'api-calls,acme,30,"quoted, closed"'
+    data = csv_file(
+        b"api-calls,acme,1,x", b'api-calls,acme,2,"open', *filler, closing, b"api-calls,acme,31,y"
+    )
+    found = resumes_identically(data, limit=300, chunk=13)
+    assert [r.number for r in found] == list(range(1, 32))
+    assert [r.line for r in found] == list(range(2, 33))
+    assert found[1].error == "unterminated quoted field (no closing quote within max_row_bytes, 300 bytes)"
+    assert found[1].raw == 'api-calls,acme,2,"open'
+    assert [r.error for r in found if r.number != 2] == [None] * 30
+    assert found[29].value == {"type": "api-calls", "subject": "acme", "n": 30, "note": "quoted, closed"}
+    assert found[-1].after.offset == len(data)
+
+
+def test_quoted_fields_still_span_lines_and_quotes_still_escape() -> None:
+    data = csv_file(
+        b'api-calls,acme,1,"a ""b""', b'c, d"', b'api-calls,"ac""me",2,"x"', b'"api-calls",acme,3,'
+    )
+    found = resumes_identically(data, chunk=3)
+    assert values(found) == [
+        {"type": "api-calls", "subject": "acme", "n": 1, "note": 'a "b"\nc, d'},
+        {"type": "api-calls", "subject": 'ac"me', "n": 2, "note": "x"},
+        {"type": "api-calls", "subject": "acme", "n": 3},
+    ]
+    assert [r.line for r in found] == [2, 4, 5]
+
+
+def test_a_multi_line_record_too_long_for_max_row_bytes_is_read_line_by_line() -> None:
+    long_note = b"\n".join(b"note line %d" % i for i in range(40))
+    data = csv_file(b'api-calls,acme,1,"' + long_note + b'"', b"api-calls,acme,2,x")
+    found = resumes_identically(data, limit=200)
+    assert found[0].error is not None
+    assert found[0].error.startswith("unterminated quoted field")
+    assert found[0].raw == 'api-calls,acme,1,"note line 0'
+    assert found[-1].value == {"type": "api-calls", "subject": "acme", "n": 2, "note": "x"}
+    assert found[-1].line == 42  # the header, then the 40 lines of the record read one by one
+    assert found[-1].after.offset == len(data)

@@ -383,3 +383,96 @@ async def test_a_failing_listing_is_retried_with_backoff(harness: Harness) -> No
         await harness.time.settle(1)
     assert [e["data"]["n"] for e in harness.events()] == [7]
     assert harness.time.waited[:2] == [1.0, 60.0]  # the backoff, then the poll interval
+
+
+async def test_an_object_rewritten_shorter_than_the_committed_offset_is_read_as_changed(
+    harness: Harness,
+) -> None:
+    harness.s3.put(harness.bucket, "a.jsonl", jsonl(*(usage(i, "a-long-subject-name") for i in range(5))))
+    config = harness.config(batch_rows=3)
+    stop = asyncio.Event()
+    await asyncio.wait_for(harness.source(config).run(CrashAfter(harness.sink, 1, stop), stop), 10)
+    committed = harness.cursor().current
+    assert committed is not None
+    assert committed.position.rows == 3
+    etag = harness.s3.put(harness.bucket, "a.jsonl", jsonl(*({"n": 100 + i} for i in range(6))))
+    assert committed.position.offset is not None
+    assert len(jsonl(*({"n": 100 + i} for i in range(6)))) < committed.position.offset  # a GET there: 416
+
+    source = await harness.read_all(harness.source(config))
+    assert [e["data"]["n"] for e in harness.events()] == [0, 1, 2]
+    assert [reason.split(":")[0] for _, reason in harness.dead()] == ["type"] * 3  # rows 4-6, new version
+    assert source.stats.counts["objects_changed"] == 1
+    assert harness.cursor() == S3Cursor(after="a.jsonl", etag=etag)
+
+
+async def test_an_unchanged_object_committed_to_its_very_end_is_done_without_reading_again(
+    harness: Harness,
+) -> None:
+    etag = harness.s3.put(harness.bucket, "a.jsonl", jsonl(*(usage(i) for i in range(6))))
+    config = harness.config(batch_rows=3)
+    stop = asyncio.Event()
+    await asyncio.wait_for(harness.source(config).run(CrashAfter(harness.sink, 2, stop), stop), 10)
+    current = harness.cursor().current
+    assert current is not None
+    assert current.position.rows == 6  # every row committed, the object not yet marked done
+
+    source = await harness.read_all(harness.source(config))
+    assert [e["data"]["n"] for e in harness.events()] == list(range(6))
+    assert "objects_changed" not in source.stats.counts
+    assert harness.cursor() == S3Cursor(after="a.jsonl", etag=etag)
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    ("file_format", "key", "body"),
+    [
+        ("jsonl", "u/a.jsonl", BOM + jsonl(usage(1), usage(2, "globex"))),
+        ("json", "u/a.json", BOM + orjson.dumps([usage(1), usage(2, "globex")])),
+        ("csv", "u/a.csv", BOM + CSV),
+        ("jsonl", "u/a.jsonl.gz", gzip.compress(BOM + jsonl(usage(1), usage(2, "globex")))),
+    ],
+)
+async def test_a_byte_order_mark_at_the_start_of_an_object_is_skipped(
+    harness: Harness, file_format: str, key: str, body: bytes
+) -> None:
+    harness.s3.put(harness.bucket, key, body)
+    source = await harness.read_all(format=file_format)
+    assert summary(harness.events()) == ROWS
+    assert harness.dead() == []
+    assert source.stats.counts == {"rows": 2, "objects_completed": 1}
+
+
+@pytest.mark.parametrize("batch", [True, False])
+async def test_cloudevents_files_with_a_byte_order_mark(harness: Harness, batch: bool) -> None:
+    events = [
+        {"specversion": "1.0", "id": f"evt-{i}", "source": "billing", "type": "tokens", "subject": "acme",
+         "time": "2024-06-01T00:00:00Z", "data": {"tokens": i}}
+        for i in range(2)
+    ]  # fmt: skip
+    harness.s3.put(harness.bucket, "ce.json", BOM + (orjson.dumps(events) if batch else jsonl(*events)))
+    await harness.read_all(format="cloudevents")
+    assert harness.events() == events
+    assert harness.dead() == []
+
+
+async def test_a_stray_quote_in_a_csv_row_loses_no_other_row(harness: Harness) -> None:
+    rows = [b"api-calls,acme,%d,x" % n for n in range(1, 50)]
+    rows[9] = b'api-calls,acme,10,5" disk'  # a quote inside a field: a character like any other
+    rows[19] = b'api-calls,acme,20,"5 disk'  # a quoted field never closed: this row alone is unreadable
+    body = b"type,subject,n,note\n" + b"".join(r + b"\n" for r in rows)
+    harness.s3.put(harness.bucket, "u.csv", body)
+    source = await harness.read_all(format="csv", batch_rows=7)
+    assert [e["data"]["n"] for e in harness.events()] == [n for n in range(1, 50) if n != 20]
+    assert harness.events()[9]["data"]["note"] == '5" disk'
+    assert harness.dead() == [
+        (
+            "s3-unreadable-row",
+            "u.csv line 21: unterminated quoted field (no closing quote before the end of the file)",
+        )
+    ]
+    [dead] = harness.sink.dead()
+    assert b'api-calls,acme,20,\\"5 disk' in dead.payload or b'api-calls,acme,20,"5 disk' in dead.payload
+    assert source.stats.counts == {"rows": 48, "rows_unreadable": 1, "objects_completed": 1}
