@@ -7,7 +7,10 @@ needs no client and its tests need no server.
   rule (``k8s.io/component-helpers/resource.PodRequests``): ``max(sum(app containers) + sum(sidecars),
   max over init containers of (init + sidecars started before it)) + pod overhead``. Pod-level
   ``spec.resources`` (Kubernetes 1.32+) replaces the container sum for CPU and memory.
-* :func:`run_window` — from when to when the pod held its allocation, from the pod's own timestamps.
+* :func:`run_window` — from when to when the pod held its allocation, from the pod's own timestamps:
+  from ``status.startTime`` (when the kubelet took the pod; a container start if that is earlier) to
+  its last container's finish. Never from when the collector happened to see it, so the window of a
+  pod is the same whether its ticks are billed live or caught up after downtime.
 * :func:`overlap` — the seconds of that window inside a tick.
 """
 
@@ -26,6 +29,10 @@ Pod = Mapping[str, Any]
 Resources = dict[str, Fraction]
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Conditions the kubelet moves while it runs the pod, the last time when it stops it (Ready and
+# ContainersReady go False). Not DisruptionTarget and the like: controllers set those, also on pods
+# that stopped long before (taint eviction, pod GC).
+_KUBELET_CONDITIONS = ("Ready", "ContainersReady")
 # Kubernetes honours pod-level resources for these only (KEP-2837).
 _POD_LEVEL_RESOURCES = ("cpu", "memory")
 _RFC3339 = re.compile(
@@ -185,6 +192,26 @@ def last_container_finish(pod: Pod) -> Fraction | None:
     return max(finishes, default=None)
 
 
+def last_status_time(pod: Pod) -> Fraction | None:
+    """The latest time the pod's status shows it still holding its allocation: a container's start or
+    finish (``state`` and ``lastState``, init containers included), the kubelet's last Ready or
+    ContainersReady transition, ``status.startTime``. For a terminal pod whose containers did not
+    all finish (one never ran; it never got any), the best end its own object can tell; None when it
+    tells nothing."""
+    status = pod.get("status") or {}
+    times: list[Fraction | None] = [parse_time(status.get("startTime"))]
+    for cs in _container_statuses(status):
+        for state_key in ("state", "lastState"):
+            state = cs.get(state_key) or {}
+            for phase in ("running", "terminated"):
+                times.append(parse_time((state.get(phase) or {}).get("startedAt")))
+            times.append(parse_time((state.get("terminated") or {}).get("finishedAt")))
+    for condition in status.get("conditions") or ():
+        if condition.get("type") in _KUBELET_CONDITIONS:
+            times.append(parse_time(condition.get("lastTransitionTime")))
+    return max((t for t in times if t is not None), default=None)
+
+
 def scheduled_at(pod: Pod) -> Fraction | None:
     """When the pod was bound to its node (the PodScheduled condition), for pods that are."""
     if not (pod.get("spec") or {}).get("nodeName"):
@@ -206,34 +233,33 @@ def run_window(
     include_pending: bool,
     earliest_start: Fraction | None = None,
     gone_at: Fraction | None = None,
-    terminal_seen_at: Fraction | None = None,
 ) -> tuple[Fraction, Fraction | None] | None:
     """``(start, end)`` of the time the pod held its allocation; ``end`` None while it still does.
 
-    Start: its first container start (``earliest_start`` is the earliest the caller has seen, since a
-    restart replaces a container's start time), else ``status.startTime`` once it left Pending; with
-    ``include_pending``, the time it was bound to its node. End: when its last container finished
-    (Succeeded/Failed), else when it was seen terminal (``terminal_seen_at``) or gone (``gone_at``,
-    never after its ``deletionTimestamp``). None when the pod never started (or, pending included,
-    was never scheduled).
+    Start: the earliest of ``status.startTime`` (the kubelet took the pod on its node: image pulls
+    count) and its container starts (init containers included; ``earliest_start`` is the earliest the
+    caller has seen) — a container restart replaces the container's start times, never the pod's
+    ``startTime``. With ``include_pending``, the time it was bound to its node if earlier.
+    End, once Succeeded/Failed: when its last container finished, else the latest time its status
+    shows it holding resources (:func:`last_status_time`), else its start (it is not billed at all:
+    a pod rejected at admission never ran). Never when the collector first saw it terminal: a list
+    after downtime would bill the whole downtime again. A pod gone from the API ends when it went
+    (``gone_at``), never after its ``deletionTimestamp`` or its last container finish. None when the
+    pod never started (or, pending included, was never scheduled).
     """
     status = pod.get("status") or {}
-    phase = status.get("phase")
-    start = first_container_start(pod)
-    if earliest_start is not None and (start is None or earliest_start < start):
-        start = earliest_start
-    if start is None and phase in ("Running", *TERMINAL_PHASES):
-        start = parse_time(status.get("startTime"))
+    starts = [first_container_start(pod), earliest_start, parse_time(status.get("startTime"))]
     if include_pending:
-        bound = scheduled_at(pod)
-        if bound is not None and (start is None or bound < start):
-            start = bound
+        starts.append(scheduled_at(pod))
+    start = min((t for t in starts if t is not None), default=None)
     if start is None:
         return None
     end: Fraction | None = None
     finished = last_container_finish(pod)
-    if phase in TERMINAL_PHASES:
-        end = finished if finished is not None else terminal_seen_at
+    if status.get("phase") in TERMINAL_PHASES:
+        end = finished if finished is not None else last_status_time(pod)
+        if end is None:
+            end = start
     if gone_at is not None:
         deadline = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
         candidates = [t for t in (end, gone_at, deadline, finished) if t is not None]

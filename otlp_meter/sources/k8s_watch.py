@@ -2,9 +2,10 @@
 
 One :class:`PodWatcher` per scope (all namespaces, or one namespace) keeps its part of the shared
 :class:`PodCache` current. The cache remembers what billing needs beyond the pod object itself: the
-earliest container start seen (a restart replaces a container's start time), when a pod was first
-seen terminal, and when it went away — a pod deleted while the source runs stays in the cache until
-every tick of its lifetime has been billed (:meth:`PodCache.prune`).
+earliest container start seen (a restart replaces a container's start time) and when a pod went
+away — a pod deleted while the source runs stays in the cache until every tick of its lifetime has
+been billed (:meth:`PodCache.prune`). Nothing else depends on when the collector saw a pod: a list
+after downtime must bill the same windows the watch would have.
 
 The tick code asks :meth:`PodCache.healthy`: a tick is computed only from a cache that is listed and
 watching, so a pod deleted while the API server was unreachable is never billed as running.
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from otlp_meter.sources.base import BackoffConfig, Clock, SourceStats, Wait, wait_or_stop
 from otlp_meter.sources.k8s_client import Obj, ResourceGoneError
-from otlp_meter.sources.k8s_pods import TERMINAL_PHASES, first_container_start
+from otlp_meter.sources.k8s_pods import first_container_start
 from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("sources.kubernetes")
@@ -58,7 +59,6 @@ class PodEntry:
     pod: Obj
     scope: str
     earliest_start: Fraction | None = None
-    terminal_seen_at: Fraction | None = None
     gone_at: Fraction | None = None
 
     @property
@@ -104,7 +104,7 @@ class PodCache:
     def scope_healthy(self, scope: str) -> bool:
         return self._healthy.get(scope, False)
 
-    def upsert(self, pod: Obj, scope: str, now: Fraction) -> None:
+    def upsert(self, pod: Obj, scope: str) -> None:
         """A pod as listed or watched (ADDED/MODIFIED)."""
         uid = str(pod["metadata"]["uid"])
         entry = self._entries.get(uid)
@@ -114,21 +114,19 @@ class PodCache:
         start = first_container_start(pod)
         if start is not None and (entry.earliest_start is None or start < entry.earliest_start):
             entry.earliest_start = start
-        if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES and entry.terminal_seen_at is None:
-            entry.terminal_seen_at = now
 
     def delete(self, pod: Obj, scope: str, now: Fraction) -> None:
         """A DELETED event: keep the final object, and when it went."""
-        self.upsert(pod, scope, now)
+        self.upsert(pod, scope)
         self._entries[str(pod["metadata"]["uid"])].gone_at = now
 
-    def replace(self, scope: str, pods: list[Obj], now: Fraction, lost_since: Fraction) -> int:
+    def replace(self, scope: str, pods: list[Obj], lost_since: Fraction) -> int:
         """After a (re)list: these are the pods of ``scope``. Pods of the scope missing from the list were
         deleted while we were not watching; they count as gone at ``lost_since`` (the last time we
         knew they existed). Returns how many went."""
         listed = set()
         for pod in pods:
-            self.upsert(pod, scope, now)
+            self.upsert(pod, scope)
             listed.add(str(pod["metadata"]["uid"]))
         gone = 0
         for entry in self._entries.values():
@@ -223,7 +221,7 @@ class PodWatcher:
             continue_token = metadata.get("continue") or None
             if continue_token is None:
                 break
-        gone = self.cache.replace(self.scope, pods, self._now(), lost_since)
+        gone = self.cache.replace(self.scope, pods, lost_since)
         self.stats.add("pod_lists")
         self.stats.set("pods_cached", len(self.cache))
         self.cache.set_healthy(self.scope, True)
@@ -272,7 +270,7 @@ class PodWatcher:
             return
         self.stats.add("pod_watch_events")
         if kind in ("ADDED", "MODIFIED"):
-            self.cache.upsert(obj, self.scope, self._now())
+            self.cache.upsert(obj, self.scope)
         elif kind == "DELETED":
             self.cache.delete(obj, self.scope, self._now())
         self.stats.set("pods_cached", len(self.cache))

@@ -11,8 +11,9 @@ point into one ``kube-pod`` CloudEvent. The tick's events and cursor commit toge
 (:mod:`otlp_meter.sources.ticking`).
 
 After downtime, missed ticks are computed from the pods the API still has (their start and finish
-times); a pod deleted while the collector was down is not in the API any more and is not billed for
-those ticks (documented; counted as caught-up ticks).
+times, never when the collector saw them: a pod's window is the same live and caught up); a pod
+deleted while the collector was down is not in the API any more and is not billed for those ticks
+(documented; counted as caught-up ticks).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class KubernetesSourceConfig(Section):
     exclude_namespaces: list[str] = Field(default_factory=list, description="Never these namespaces.")
     label_selector: str | None = Field(None, description="Only pods matching this label selector.")
     include_pending: bool = Field(
-        False, description="Also bill scheduled pods before their first container starts (image pulls)."
+        False,
+        description="Also bill pods from when they were bound to the node, before the kubelet starts them.",
     )
     gpu_resources: list[str] = Field(
         default_factory=lambda: ["nvidia.com/gpu", "amd.com/gpu"],
@@ -320,7 +322,6 @@ class KubernetesSource:
                 include_pending=self.config.include_pending,
                 earliest_start=entry.earliest_start,
                 gone_at=entry.gone_at,
-                terminal_seen_at=entry.terminal_seen_at,
             )
             seconds = overlap(window, tick_start, tick_end) if window else Fraction(0)
             if seconds <= 0:

@@ -180,7 +180,61 @@ def test_a_deleted_pod_ends_when_it_went_but_never_after_its_deadline_or_finish(
     assert window(done, gone_at=T0 + 40) == (T0, T0 + 20)
 
 
-def test_a_terminal_pod_without_container_times_ends_when_it_was_seen_terminal() -> None:
+def test_a_terminal_pod_without_container_times_ends_when_it_started() -> None:
     pod = make_pod(started=T0, phase="Failed")
     del pod["status"]["containerStatuses"]
-    assert window(pod, terminal_seen_at=T0 + 9) == (T0, T0 + 9)
+    assert window(pod) == (T0, T0)
+
+
+def rejected_pod(start: Fraction) -> dict[str, Any]:
+    """A pod the kubelet refused at admission: Failed, a start time, no container ever ran."""
+    pod = make_pod(phase="Failed")
+    pod["status"].update(
+        startTime=rfc3339(start), reason="OutOfcpu", message="Pod was rejected: Node didn't have enough cpu"
+    )
+    return pod
+
+
+def test_a_pod_rejected_at_admission_is_never_billed() -> None:
+    pod = rejected_pod(T0 - 86_400)
+    assert last_container_finish(pod) is None
+    rejected = window(pod)
+    assert rejected == (T0 - 86_400, T0 - 86_400)  # zero length: not a second after it failed
+    assert overlap(rejected, T0, T0 + 60) == 0
+    assert window(pod, include_pending=True)[1] == T0 - 86_400
+
+
+def test_a_terminal_pod_without_every_finish_ends_at_its_last_own_timestamp() -> None:
+    # A container that never ran (still waiting) leaves no finish time: the pod ends at the latest time
+    # its status shows it holding resources — a finish (also of an earlier run), or Ready going False.
+    pod = make_pod(started=T0, phase="Failed", containers=[container("a"), container("b")])
+    a, b = pod["status"]["containerStatuses"]
+    a["state"] = {"terminated": {"startedAt": rfc3339(T0), "finishedAt": rfc3339(T0 + 30), "exitCode": 1}}
+    b["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
+    b["lastState"] = {"terminated": {"startedAt": rfc3339(T0), "finishedAt": rfc3339(T0 + 50), "exitCode": 1}}
+    assert window(pod) == (T0, T0 + 50)
+    pod["status"]["conditions"] += [
+        {"type": "ContainersReady", "status": "False", "lastTransitionTime": rfc3339(T0 + 70)},
+        {"type": "Ready", "status": "False", "lastTransitionTime": rfc3339(T0 + 70)},
+        {"type": "DisruptionTarget", "status": "True", "lastTransitionTime": rfc3339(T0 + 999)},
+    ]
+    assert window(pod) == (T0, T0 + 70)  # not the controllers' later conditions
+
+
+def test_a_restarted_container_does_not_move_the_pod_start_past_its_start_time() -> None:
+    # Two restarts replaced the container's start times; status.startTime still says when it started.
+    pod = make_pod(started=T0)
+    [status] = pod["status"]["containerStatuses"]
+    status["state"] = {"running": {"startedAt": rfc3339(T0 + 200)}}
+    status["lastState"] = {
+        "terminated": {"startedAt": rfc3339(T0 + 100), "finishedAt": rfc3339(T0 + 200), "exitCode": 1}
+    }
+    status["restartCount"] = 2
+    assert first_container_start(pod) == T0 + 100
+    assert window(pod) == (T0, None)
+
+
+def test_a_pod_runs_from_its_start_time_while_its_first_images_are_pulled() -> None:
+    pod = make_pod(phase="Pending")
+    pod["status"]["startTime"] = rfc3339(T0 + 4)  # the kubelet took the pod; no container started yet
+    assert window(pod) == (T0 + 4, None)

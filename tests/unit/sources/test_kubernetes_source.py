@@ -333,3 +333,48 @@ def test_the_chart_grants_exactly_what_the_source_uses() -> None:
         for r in rule["resources"]
     }
     assert granted == REQUIRED_RBAC
+
+
+def rejected(name: str, start: float) -> dict[str, Any]:
+    """A pod the kubelet refused at admission: Failed, with a start time, no container statuses."""
+    pod = make_pod(name, phase="Failed", created=start - 1)
+    pod["status"].update(startTime=iso(start), reason="OutOfcpu", message="Pod was rejected: no cpu")
+    return pod
+
+
+async def test_a_pod_rejected_at_admission_is_billed_neither_at_start_nor_after_a_restart(
+    harness: Harness,
+) -> None:
+    harness.fake.add_pod(rejected("rejected", T - 86_400))
+    harness.fake.add_pod(make_pod("steady", started=T - 600))
+    harness.start()
+    await harness.time.parked()
+    await harness.stop()  # the committed cursor is T
+    harness.time.now = T + 3600 + 30  # down for an hour: every tick up to T+3600 is caught up
+    source = harness.start()
+    await harness.time.parked()
+    assert source.stats.counts["ticks_caught_up"] == 60
+    assert len([k for k in harness.by_pod() if k[0] == "steady"]) == 61
+    assert not [k for k in harness.by_pod() if k[0] == "rejected"]
+
+
+async def test_container_restarts_while_down_do_not_shorten_the_caught_up_ticks(harness: Harness) -> None:
+    harness.fake.add_pod(make_pod("crashy", started=T - 600))
+    harness.start()
+    await harness.time.parked()
+    await harness.stop()  # the committed cursor is T
+
+    def restarted_twice(pod: dict[str, Any]) -> None:  # at T+100 and at T+200, while we were down
+        [status] = pod["status"]["containerStatuses"]
+        status["restartCount"] = 2
+        status["state"] = {"running": {"startedAt": iso(T + 200)}}
+        status["lastState"] = {
+            "terminated": {"startedAt": iso(T + 100), "finishedAt": iso(T + 200), "exitCode": 137}
+        }
+
+    harness.fake.update_pod("default", "crashy", restarted_twice)
+    harness.time.now = T + 250
+    harness.start()
+    await harness.time.parked()
+    billed = {k[1]: v["data"]["seconds"] for k, v in harness.by_pod().items() if k[0] == "crashy"}
+    assert billed == {iso(T + i * 60): 60 for i in range(5)}
