@@ -197,13 +197,12 @@ class Writer:
             if rest:
                 self._commit(rest)
             return
-        seconds = time.perf_counter() - started
-        self._publish(group, ops, outcomes)
-        if self._on_commit is not None:
+        if self._on_commit is not None:  # before the waiters are answered: metrics never lag them
             try:
-                self._on_commit(seconds, len(ops))
+                self._on_commit(time.perf_counter() - started, len(ops))
             except Exception:  # an observer's bug must not stop the queue
                 log.exception("queue_commit_observer_failed")
+        self._publish(group, ops, outcomes)
 
     def _apply(self, ops: list[Op[Any]]) -> tuple[Group, list[tuple[Op[Any], Any, Refused | None]]]:
         """Apply ``ops`` in one transaction and commit it; raises (nothing visible) if LMDB fails."""
