@@ -266,6 +266,7 @@ def test_events_api_port_moves_everywhere_at_once(chart: helm.Chart, tmp_path: P
             {**TOKEN, **KUBERNETES, **GATEWAY, "replicaCount": 2, "storage": {"type": "emptyDir"}},
             "presets.kubernetes in deployment mode needs replicaCount 1",
         ),
+        ({**TOKEN, "mode": "deployment"}, "mode deployment needs storage.type pvc"),
     ],
     ids=[
         "no-target",
@@ -279,6 +280,7 @@ def test_events_api_port_moves_everywhere_at_once(chart: helm.Chart, tmp_path: P
         "cluster-wide-daemonset",
         "node-local-gateway",
         "kubernetes-gateway-replicas",
+        "gateway-on-hostpath",
     ],
 )
 def test_refused_values(chart: helm.Chart, values: dict[str, Any], message: str) -> None:

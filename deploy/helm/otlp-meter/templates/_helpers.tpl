@@ -72,6 +72,9 @@ Refuse combinations that would lose or double-count data, or that cannot start.
 {{- if and (eq .Values.mode "daemonset") (eq .Values.storage.type "pvc") -}}
 {{- fail "storage.type pvc needs mode deployment: in daemonset mode every pod would share one claim (use hostPath)" -}}
 {{- end -}}
+{{- if and (eq .Values.mode "deployment") (eq .Values.storage.type "hostPath") -}}
+{{- fail "mode deployment needs storage.type pvc (or emptyDir for testing): on hostPath a gateway's queue, acknowledged events included, stays behind on the node when the pod is rescheduled (also set tolerations: [])" -}}
+{{- end -}}
 {{- if and (eq .Values.mode "deployment") (gt (int .Values.replicaCount) 1) (ne .Values.storage.type "emptyDir") -}}
 {{- fail "replicaCount > 1 needs storage.type emptyDir: a queue directory is never shared by two processes" -}}
 {{- end -}}
