@@ -47,7 +47,7 @@ VOLUME ["/var/lib/otlp-meter"]
 # 4317 OTLP/gRPC, 4318 OTLP/HTTP, 8080 events API (CloudEvents over HTTP), 8888 /metrics /healthz /readyz
 EXPOSE 4317 4318 8080 8888
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/healthz', timeout=4)"]
+    CMD ["python", "-I", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/healthz', timeout=4)"]
 # Exec form: otlp-meter is PID 1 and receives SIGTERM itself (it drains, then exits 0).
 ENTRYPOINT ["otlp-meter"]
 CMD ["run", "--config", "/etc/otlp-meter/config.yaml"]

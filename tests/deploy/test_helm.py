@@ -288,12 +288,22 @@ def test_refused_values(chart: helm.Chart, values: dict[str, Any], message: str)
         render(chart, values)
 
 
-def test_config_changes_roll_the_pods(chart: helm.Chart) -> None:
-    def checksum(values: dict[str, Any]) -> str:
+def test_config_and_token_changes_roll_the_pods(chart: helm.Chart) -> None:
+    def checksum(values: dict[str, Any], of: str = "config") -> str:
         workload = Bundle(render(chart, values)).workload
-        return str(workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+        return str(workload["spec"]["template"]["metadata"]["annotations"][f"checksum/{of}"])
 
     assert checksum(TOKEN) != checksum({**TOKEN, "rules": {"packs": ["genai"]}})
+    # The token is read from the Secret at container start: a new one must restart the pods.
+    rotated = {**TOKEN, "openmeter": {**TOKEN["openmeter"], "token": "om_rotated"}}
+    assert checksum(TOKEN, "secret") != checksum(rotated, "secret")
+
+
+@pytest.mark.parametrize("value", [0, "0%"])
+def test_a_daemonset_update_must_be_allowed_to_take_a_pod_down(chart: helm.Chart, value: object) -> None:
+    """maxSurge is 0 (a node's queue has one writer): maxUnavailable 0 could never roll."""
+    with pytest.raises(helm.HelmError):
+        render(chart, {**TOKEN, "maxUnavailable": value})
 
 
 def test_gateway_replicas_each_with_their_own_ephemeral_queue(chart: helm.Chart, tmp_path: Path) -> None:
