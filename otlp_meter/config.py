@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from otlp_meter.config_types import Duration, Section, StrictYamlLoader
+from otlp_meter.config_types import Duration, Section, StrictYamlLoader, yaml_problem
 from otlp_meter.errors import ConfigError
 from otlp_meter.exporters.config import ExporterConfig
 from otlp_meter.queue.config import QueueConfig
@@ -187,6 +187,8 @@ def read_config_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read config: {exc.strerror}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"cannot read config: not UTF-8 (byte {exc.start})")], str(path)) from None
 
 
 def parse_config_text(text: str, path: Path, env: Mapping[str, str]) -> Config:
@@ -196,9 +198,5 @@ def parse_config_text(text: str, path: Path, env: Mapping[str, str]) -> Config:
     try:
         document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        # Only the problem and its position: str(exc) quotes the offending line, maybe a secret.
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError([(where, f"invalid YAML: {problem}")], str(path)) from None
+        raise ConfigError([yaml_problem(exc)], str(path)) from None
     return parse_config(document, env, str(path), base_dir=path.parent)

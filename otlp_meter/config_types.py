@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 _DURATION_PART_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)\s*")
 _NUMBER_RE = re.compile(r"^\d+(?:\.\d+)?$")
@@ -100,7 +100,10 @@ def parse_byte_size(value: Any) -> int:
         and (m := _SIZE_RE.match(value))
         and (unit := m.group(2).lower()) in _SIZE_UNITS
     ):
-        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        scaled = float(m.group(1)) * _SIZE_UNITS[unit]
+        if not scaled.is_integer():
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+        size = int(scaled)
     else:
         raise ValueError(_SIZE_HINT)
     if size < 0:
@@ -113,6 +116,31 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 """Bytes; YAML may say ``64MiB``, ``1GB``, ``512Ki`` or a plain number."""
+
+
+def check_endpoint(value: str) -> str:
+    """``host:port`` (``[::1]:4318`` for IPv6) with a port from 0 to 65535 (0: any free port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"must be host:port, got {value!r}")
+    if int(port) > 65535:
+        raise ValueError(f"the port must be 0 to 65535, got {port}")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"an IPv6 host goes in brackets, e.g. [::1]:4318, got {value!r}")
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(check_endpoint)]
+"""``host:port`` to listen on, checked when the config loads (not when the port is bound)."""
+
+
+def yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:
+    """``(where, message)`` of a YAML syntax error: only the problem and its line and column —
+    ``str(exc)`` quotes the offending line, which may hold a secret."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return where, f"invalid YAML: {problem}"
 
 
 class Section(BaseModel):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from otlp_meter.config_types import ByteSize, Duration, Section, check_http_url
 from otlp_meter.errors import ConfigError
@@ -29,7 +29,7 @@ class OpenMeterConfig(Section):
         "auto", description="Ingest API flavour; auto picks v3 for URLs ending in /v3/openmeter."
     )
     token: SecretStr | None = Field(None, description="Bearer token. Unset: $OPENMETER_TOKEN.")
-    timeout: Duration = Field(30.0, description="Timeout of one ingest request.")
+    timeout: Duration = Field(30.0, gt=0, description="Timeout of one ingest request.")
     ca_file: Path | None = Field(
         None,
         description="PEM bundle of CAs to trust for OpenMeter's certificate (a private CA). Unset: the "
@@ -72,6 +72,12 @@ class RetryConfig(Section):
     auth_backoff: Duration = Field(
         300.0, description="Wait between attempts while OpenMeter answers 401/403."
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.initial_backoff > self.max_backoff:
+            raise ValueError("initial_backoff must not exceed max_backoff")
+        return self
 
 
 class ExporterConfig(Section):
@@ -142,7 +148,8 @@ def ingest_endpoint(
     """
     parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise ConfigError([(where, f"the OpenMeter URL must have no query or fragment: {url!r}")])
+        message = "the OpenMeter URL must have no query or fragment (not echoed: it may hold a secret)"
+        raise ConfigError([(where, message)])
     base = url.rstrip("/")
     path = parts.path.rstrip("/")
     if api == "auto":

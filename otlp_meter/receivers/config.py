@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from otlp_meter.config_types import ByteSize, Duration, Section
+from otlp_meter.config_types import ByteSize, Duration, Endpoint, Section
 
 MiB = 1024 * 1024
 
@@ -85,10 +85,10 @@ class HttpServerConfig(Section):
     """Guards every HTTP server has against slow or greedy clients (slowloris)."""
 
     read_header_timeout: Duration = Field(
-        10.0, description="A connection must send a complete request head within this time, else closed."
+        10.0, gt=0, description="A connection must send a complete request head within this time, else 408."
     )
     read_timeout: Duration = Field(
-        60.0, description="The whole request body must arrive within this time, else 408 and closed."
+        60.0, gt=0, description="The whole request body must arrive within this time, else 503 and closed."
     )
     idle_timeout: Duration = Field(30.0, description="Idle keep-alive connections are closed after this.")
     max_header_size: ByteSize = Field(
@@ -102,8 +102,8 @@ class HttpServerConfig(Section):
 
 class GrpcReceiverConfig(Section):
     enabled: bool = Field(True, description="Serve OTLP over gRPC.")
-    endpoint: str = Field("0.0.0.0:4317", description="host:port to listen on.")
-    max_recv_msg_size: ByteSize = Field(16 * MiB, description="Largest request message accepted.")
+    endpoint: Endpoint = Field("0.0.0.0:4317", description="host:port to listen on.")
+    max_recv_msg_size: ByteSize = Field(16 * MiB, gt=0, description="Largest request message accepted.")
     max_concurrent_streams: int = Field(
         100, ge=1, description="Concurrent RPCs per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)."
     )
@@ -128,9 +128,9 @@ class GrpcReceiverConfig(Section):
 
 class HttpReceiverConfig(HttpServerConfig):
     enabled: bool = Field(True, description="Serve OTLP over HTTP (protobuf and JSON).")
-    endpoint: str = Field("0.0.0.0:4318", description="host:port to listen on.")
+    endpoint: Endpoint = Field("0.0.0.0:4318", description="host:port to listen on.")
     max_request_body_size: ByteSize = Field(
-        20 * MiB, description="Largest request body accepted, measured after decompression."
+        20 * MiB, gt=0, description="Largest request body accepted, measured after decompression."
     )
 
 
@@ -143,9 +143,9 @@ class EventsApiConfig(HttpServerConfig):
     """The OpenMeter-compatible ingest API (``POST /api/v1/events``), on its own endpoint."""
 
     enabled: bool = Field(True, description="Serve the OpenMeter-compatible events API.")
-    endpoint: str = Field("0.0.0.0:8080", description="host:port to listen on.")
+    endpoint: Endpoint = Field("0.0.0.0:8080", description="host:port to listen on.")
     max_request_body_size: ByteSize = Field(
-        20 * MiB, description="Largest request body accepted, measured after decompression; larger: 413."
+        20 * MiB, gt=0, description="Largest request body, measured after decompression; larger: 413."
     )
     max_events_per_request: int = Field(
         10_000, ge=1, description="Most events in one request; more: 413 (split the batch)."

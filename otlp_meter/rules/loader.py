@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from otlp_meter.config_types import StrictYamlLoader
+from otlp_meter.config_types import StrictYamlLoader, yaml_problem
 from otlp_meter.errors import ConfigError
 from otlp_meter.rules.compile import CompiledRule, compile_rule
 from otlp_meter.rules.model import FieldSpec, RuleFile, RuleModel, RulesConfig, validation_problems
@@ -39,6 +39,8 @@ def read_rule_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read rule file: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"cannot read rule file: not UTF-8 (byte {exc.start})")], str(path)) from None
 
 
 def rule_file_texts(config: RulesConfig) -> dict[str, str]:
@@ -56,7 +58,7 @@ def read_rule_file(path: Path, text: str | None = None) -> list[RuleModel]:
     try:
         document = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise ConfigError([("", f"invalid YAML: {exc}")], source) from None
+        raise ConfigError([yaml_problem(exc)], source) from None
     if not isinstance(document, dict):
         raise ConfigError([("", "must be a mapping with a top-level 'rules:' list")], source)
     try:

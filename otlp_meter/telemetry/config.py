@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from otlp_meter.config_types import Section
+from otlp_meter.config_types import Endpoint, Section
 from otlp_meter.receivers.config import AuthConfig, TlsConfig
 
 
@@ -25,7 +25,9 @@ class MetricsConfig(Section):
 
 
 class TelemetryConfig(Section):
-    endpoint: str = Field("0.0.0.0:8888", description="host:port serving /metrics, /healthz and /readyz.")
+    endpoint: Endpoint = Field(
+        "0.0.0.0:8888", description="host:port serving /metrics, /healthz and /readyz."
+    )
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Log output.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="What /metrics exports.")
     auth: AuthConfig = Field(

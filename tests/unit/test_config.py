@@ -160,6 +160,13 @@ def test_every_problem_is_reported_at_once() -> None:
         ("service.shutdown_timeout", "soon", "duration"),
         ("rules.files", "one.yaml", "list"),
         ("receivers", ["grpc"], "dictionary"),
+        ("receivers.otlp.grpc.endpoint", "127.0.0.1:99999", "the port must be 0 to 65535"),
+        ("receivers.otlp.http.endpoint", "localhost", "must be host:port"),
+        ("telemetry.endpoint", "[::1:8888", "brackets"),
+        ("queue.max_bytes", "1.7", "not a whole number of bytes"),
+        ("exporter.openmeter.timeout", 0, "greater than 0"),
+        ("receivers.otlp.http.read_timeout", 0, "greater than 0"),
+        ("receivers.events_api.max_request_body_size", 0, "greater than 0"),
     ],
 )
 def test_wrong_types_say_what_is_expected(path: str, value: Any, says: str) -> None:
@@ -200,6 +207,18 @@ def test_a_secret_from_the_environment_in_the_wrong_field_is_not_echoed_either()
 
 
 # -- the file ---------------------------------------------------------------------------------------
+
+
+def test_backoff_that_starts_above_its_cap_is_refused() -> None:
+    found = problems({"exporter": {"retry": {"initial_backoff": "10m", "max_backoff": "1s"}}})
+    assert "initial_backoff must not exceed max_backoff" in found["exporter.retry"]
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b'queue: {directory: "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, {})
 
 
 @pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "---\n"])
