@@ -14,8 +14,7 @@ from typing import Any
 from otlp_meter import __version__
 from otlp_meter.admin import add_admin_commands
 from otlp_meter.config import Config, read_config_text
-from otlp_meter.errors import ConfigError
-from otlp_meter.exporters.config import resolve_target
+from otlp_meter.errors import ConfigError, OtlpMeterError
 from otlp_meter.rules.engine import RulesEngine
 from otlp_meter.telemetry.logging import configure_logging, get_logger
 from otlp_meter.workers import WORKER_COMMAND, ConfigDocument
@@ -72,11 +71,6 @@ def _add_rules_commands(sub: Any) -> None:
     )
 
 
-def _load(path: Path | None) -> tuple[Config, RulesEngine]:
-    config, _ = _read(path)
-    return config, RulesEngine.from_config(config.rules)
-
-
 def _read(path: Path | None) -> tuple[Config, ConfigDocument]:
     """The config and the text it was parsed from (intake workers parse that same text)."""
     document = ConfigDocument(read_config_text(path) if path is not None else "", path)
@@ -85,8 +79,13 @@ def _read(path: Path | None) -> tuple[Config, ConfigDocument]:
 
 def check(path: Path | None) -> int:
     try:
-        config, engine = _load(path)
-        target = resolve_target(config.exporter, config.queue.directory, os.environ)
+        config, document = _read(path)
+        # What ``run`` reads before it starts, read the same way: rule files, token files,
+        # certificates, the exporter's target, the sources' settings (nothing is opened or bound).
+        from otlp_meter.service import Service
+
+        service = Service(config, document=document)
+        engine, target = service.engine, service.target
     except ConfigError as exc:
         print(
             f"invalid configuration ({len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''}):",
@@ -133,7 +132,7 @@ def serve(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     except ConfigError as exc:
         log_config_error(exc)
         return EXIT_CONFIG
-    except OSError as exc:
+    except (OSError, OtlpMeterError) as exc:  # a port in use, a queue another process holds: no stack
         log.error("startup_failed", error=str(exc))
         return EXIT_STARTUP
     except Exception as exc:

@@ -67,6 +67,16 @@ def test_check_names_the_yaml_path_of_every_mistake_and_never_prints_secrets(tmp
     assert "s3cr3t-value" not in err + result.stdout
 
 
+def test_check_reads_what_run_reads_before_it_starts(tmp_path: Path) -> None:
+    """A certificate that is not there fails ``check`` as it would fail ``run`` (exit 2, its path)."""
+    tls = {"cert_file": str(tmp_path / "absent.crt"), "key_file": str(tmp_path / "absent.key")}
+    result = otlp_meter(
+        "check", "--config", str(write_config(tmp_path, {"receivers": {"otlp": {"http": {"tls": tls}}}}))
+    )
+    assert result.returncode == 2, result.stdout
+    assert "receivers.otlp.http.tls" in result.stderr
+
+
 def test_check_reports_a_missing_environment_variable_by_path(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"exporter": {"openmeter": {"url": "${NOT_SET_ANYWHERE}"}}})
     result = otlp_meter("check", "--config", str(config))
