@@ -313,3 +313,22 @@ def test_gateway_replicas_each_with_their_own_ephemeral_queue(chart: helm.Chart,
     assert bundle.volume("queue")["emptyDir"] == {"sizeLimit": "4Gi"}
     notes = chart.render(values, name=RELEASE, namespace=NAMESPACE)["otlp-meter/templates/NOTES.txt"]
     assert "WARNING: storage.type is emptyDir" in notes
+
+
+def test_certificates_can_be_mounted_and_the_probes_follow_telemetry_tls(chart: helm.Chart) -> None:
+    """security.md asks exposed deployments for TLS: the chart must be able to mount the files."""
+    tls = {"cert_file": "/etc/otlp-meter-tls/tls.crt", "key_file": "/etc/otlp-meter-tls/tls.key"}
+    mount = {"name": "tls", "mountPath": "/etc/otlp-meter-tls", "readOnly": True}
+    values: dict[str, Any] = {
+        **TOKEN,
+        "config": {"telemetry": {"tls": tls}, "receivers": {"otlp": {"grpc": {"tls": tls}}}},
+        "extraVolumes": [{"name": "tls", "secret": {"secretName": "otlp-meter-tls"}}],
+        "extraVolumeMounts": [mount],
+    }
+    bundle = Bundle(render(chart, values))
+    assert bundle.volume("tls") == {"name": "tls", "secret": {"secretName": "otlp-meter-tls"}}
+    assert bundle.mount_at("/etc/otlp-meter-tls") == mount
+    probes = [bundle.container["livenessProbe"], bundle.container["readinessProbe"]]
+    assert [p["httpGet"].get("scheme") for p in probes] == ["HTTPS", "HTTPS"]
+    plain = Bundle(render(chart, TOKEN)).container
+    assert "scheme" not in plain["livenessProbe"]["httpGet"]

@@ -157,3 +157,13 @@ Presets:
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
+
+{{/*
+"true" when the config serves telemetry (/healthz, /readyz, /metrics) over TLS: the probes then use HTTPS.
+*/}}
+{{- define "otlp-meter.telemetryTls" -}}
+{{- $config := .Values.config | default dict -}}
+{{- $telemetry := get $config "telemetry" | default dict -}}
+{{- $tls := get $telemetry "tls" | default dict -}}
+{{- if get $tls "cert_file" -}}true{{- end -}}
+{{- end -}}
