@@ -245,7 +245,8 @@ class Writer:
         with ledger.lock:
             ledger.counters = group.counters
             ledger.deduplicated_total += group.deduplicated
-            ledger.expired_dedupe_total += sum(op.removed for op in ops if isinstance(op, PruneOp))
+            pruned = sum(op.removed for op in ops if isinstance(op, PruneOp))
+            ledger.expired_dedupe_total += pruned
             ledger.evicted_dedupe_total += group.evicted
             ledger.commits_total += 1
             # Forget the leases of what was deleted: map() runs the pops in C, one per event.
@@ -253,7 +254,9 @@ class Writer:
             ledger.quarantining.difference_update(group.quarantined)
             if any(refused is not None and refused.full for _, _, refused in outcomes):
                 ledger.full_at_size = group.counters.size
-            elif group.appended:
+            elif group.appended or (ledger.full_at_size == 0 and pruned):
+                # Refused with nothing queued (the room went to dedupe keys): no drain can clear it,
+                # expired keys may have; the next append finds out (and marks it full again if not).
                 ledger.full_at_size = None
         if group.evicted:
             self._evicted_unlogged += group.evicted

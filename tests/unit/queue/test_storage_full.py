@@ -13,7 +13,7 @@ from otlp_meter.errors import QueueFullError
 from otlp_meter.queue import LmdbQueue
 from otlp_meter.queue.group import Group, storage_headroom
 from otlp_meter.queue.ops import Op
-from tests.unit.queue.conftest import QueueFactory, events, rejection
+from tests.unit.queue.conftest import FakeClock, QueueFactory, events, rejection
 
 
 async def fill(queue: LmdbQueue, *, size: int = 1000, batch: int = 50) -> tuple[int, QueueFullError]:
@@ -132,3 +132,26 @@ async def test_state_writes_take_their_room_too_so_acks_still_work_when_the_map_
     assert "storage full" in str(refusal)
     await queue.ack([e.seq for e in leased])
     assert queue.stats().depth == 0
+
+
+async def test_full_with_nothing_queued_clears_once_expired_dedupe_keys_are_pruned(
+    make_queue: QueueFactory, clock: FakeClock
+) -> None:
+    """Refused while empty (the map went to dedupe keys), no drain can clear ``full``; pruning the
+    keys whose window ended does, so readiness does not stay 503 with room to spare."""
+    queue = make_queue(map_size="2MiB", max_bytes="100MiB", dedupe_window="1h")
+    n = 0
+    while not queue.stats().full:
+        try:
+            await queue.append(events(n, n + 200, size=200))
+        except QueueFullError:
+            break
+        await queue.ack([e.seq for e in queue.lease(max_events=1000, max_bytes=1 << 30)])
+        n += 200
+        assert n < 2_000_000, "the dedupe keys never filled the map"
+    assert (queue.stats().depth, queue.stats().full) == (0, True)
+    clock.advance(3601)
+    while await queue.prune_dedupe():
+        pass
+    assert not queue.stats().full
+    assert (await queue.append(events(n, n + 10))).appended == 10
