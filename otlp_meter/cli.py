@@ -81,10 +81,11 @@ def check(path: Path | None) -> int:
     try:
         config, document = _read(path)
         # What ``run`` reads before it starts, read the same way: rule files, token files,
-        # certificates, the exporter's target, the sources' settings (nothing is opened or bound).
+        # certificates, the exporter's target (nothing is opened or bound). Not the sources: they
+        # read what only the pod's environment has ($NODE_NAME, $RUNAI_APP_SECRET).
         from otlp_meter.service import Service
 
-        service = Service(config, document=document)
+        service = Service(config, document=document, with_sources=False)
         engine, target = service.engine, service.target
     except ConfigError as exc:
         print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -100,8 +101,8 @@ def parse_byte_size(value: Any) -> int:
         and (m := _SIZE_RE.match(value))
         and (unit := m.group(2).lower()) in _SIZE_UNITS
     ):
-        scaled = float(m.group(1)) * _SIZE_UNITS[unit]
-        if not scaled.is_integer():
+        scaled = Decimal(m.group(1)) * _SIZE_UNITS[unit]  # exactly: 4.1GB is 4100000000 bytes
+        if scaled != scaled.to_integral_value():
             raise ValueError(f"{value!r} is not a whole number of bytes")
         size = int(scaled)
     else:

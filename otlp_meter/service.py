@@ -62,7 +62,8 @@ class Service:
     """One running otlp-meter. ``await run(stop)`` returns after a clean shutdown.
 
     ``document``: the config as read (spawning intake workers needs it when ``service.workers`` >
-    1). ``worker``: run as an intake worker over this link to the primary.
+    1). ``worker``: run as an intake worker over this link to the primary. ``with_sources=False``:
+    build no sources (``otlp-meter check``, away from the pod's environment).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Service:
         *,
         document: ConfigDocument | None = None,
         worker: WorkerLink | None = None,
+        with_sources: bool = True,
     ) -> None:
         self.config = config
         self.worker = worker
@@ -99,7 +101,7 @@ class Service:
         self._strict_events = self.target.kind == "openmeter" and self.target.api == "v3"
         sources = (
             []
-            if worker is not None
+            if worker is not None or not with_sources
             else build_sources(config.sources, self.metrics.sources, strict_events=self._strict_events)
         )
         self.sources = SourceRunner(sources, PipelineSink(self.pipeline, self.queue))

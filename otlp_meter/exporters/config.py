@@ -152,15 +152,16 @@ def ingest_endpoint(
         raise ConfigError([(where, message)])
     base = url.rstrip("/")
     path = parts.path.rstrip("/")
-    if api == "auto":
-        if path.endswith("/api/v1/events"):
-            return base, "v1"
+    if api in ("auto", "v3"):
         if path.endswith("/openmeter/events"):
             return base, "v3"
         if path.endswith("/v3/openmeter"):
             return f"{base}/events", "v3"
         if path.endswith("/v3"):  # Konnect's server URL, as the API reference gives it
             return f"{base}/openmeter/events", "v3"
+    if api in ("auto", "v1") and path.endswith("/api/v1/events"):
+        return base, "v1"
+    if api == "auto":
         return f"{base}/api/v1/events", "v1"
     suffix = "/events" if api == "v3" else "/api/v1/events"
     return (base if path.endswith(suffix) else base + suffix), api

@@ -24,16 +24,20 @@ class FileSink:
     def _append(self, payloads: Sequence[bytes]) -> None:
         """All of the batch or none of it: a failed write or fsync (disk full, EIO) is cut off
         again, so the retry neither duplicates events nor leaves half a line."""
-        with open(self.path, "ab") as f:
-            end = f.seek(0, os.SEEK_END)
+        data = memoryview(b"\n".join(payloads) + b"\n")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
             try:
-                f.write(b"\n".join(payloads) + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+                while data:  # unbuffered: nothing is left behind to be written later
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
-                    f.truncate(end)
+                    os.ftruncate(fd, end)
                 raise
+        finally:
+            os.close(fd)
 
     async def send(self, payloads: Sequence[bytes]) -> SendResult:
         """Append and fsync on a worker thread; an OSError (disk full, permissions) means retry."""

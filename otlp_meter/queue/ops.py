@@ -245,7 +245,7 @@ class StateSweepOp(Op[T]):
             if not 0 < len(key) <= g.max_key_size:
                 raise Refused(ValueError(f"state keys must be 1..{g.max_key_size} bytes, got {len(key)}"))
         puts = [len(key) + len(value) for key, value in updates.items() if value is not None]
-        g.check_room(0, 0, len(puts), sum(puts))  # deletes only (an expiry): never refused for room
+        g.check_room(0, 0, len(puts), sum(puts))  # deletes reserve nothing; a watermark, a little
         for key, value in updates.items():
             if value is None:
                 txn.delete(key, db=db)

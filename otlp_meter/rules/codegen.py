@@ -219,7 +219,10 @@ def build_function(
         start = len(w.lines)
         w.lines.append(f"        at = {len(labels)}")
         labels.append(plan.label)
-        empty = empty and any(source != "get" for source, _ in plan.read.steps)  # getters give no ""
+        # The built-in defaults (source, time, id: the only step, called again when missing) never
+        # give "": paths, bodies and expressions may.
+        builtin = plan.missing == "call" and plan.read.steps == (("get", plan.fallback),)
+        empty = empty and not builtin
         w.read(plan.read, "x", "        ", empty)
         if empty and plan.missing != "reject":  # a required one refuses "" in its conversion
             w.lines.append("        if x == EMPTY: x = None")

@@ -252,7 +252,7 @@ class RulesEngine:
                                 converted, outcome = delta.to_delta(
                                     states, key, point, initial_value, attributes
                                 )
-                            except Exception as exc:  # a point no counter can have, or a bug: this point only
+                            except delta.InvalidPoint as exc:  # a point no counter can have: this one only
                                 view.point = point
                                 _reject_point(rules[0].name, view, tally, exc)
                                 continue
@@ -329,17 +329,12 @@ def _apply(
         tally.rejected_records += 1
 
 
-def _reject_point(rule: str, view: RecordView, tally: _Tally, exc: Exception) -> None:
-    """A cumulative point that cannot be converted: dead-lettered under the first rule of its
-    metric (the one that would have taken it), the rest of the request goes on."""
-    if isinstance(exc, delta.InvalidPoint):
-        reason = f"cumulative point: {exc}"
-    else:
-        if tally.internal_errors is not None:
-            tally.internal_errors.exception(rule, rule=rule, consequence="the point is rejected")
-        reason = f"internal error: {type(exc).__name__}: {exc}"
+def _reject_point(rule: str, view: RecordView, tally: _Tally, exc: delta.InvalidPoint) -> None:
+    """A cumulative point no counter can have: dead-lettered under the first rule of its metric (the
+    one that would have taken it), the rest of the request goes on. (A failure to read stream state
+    is not this: it fails the request, retryably.)"""
     tally.matched[rule] = tally.matched.get(rule, 0) + 1
-    tally.rejected.append(Rejection(tally.signal, rule, reason, _metric_original(view)))
+    tally.rejected.append(Rejection(tally.signal, rule, f"cumulative point: {exc}", _metric_original(view)))
     tally.rejected_records += 1
 
 

@@ -78,7 +78,7 @@ def as_int(value: Any) -> int:
             return _checked_int(number, value)
         if not _whole(number):
             raise _cannot(value, "int", "not a whole number")
-        if abs(number.adjusted()) > 20:  # far out of range: do not build a huge int
+        if number.adjusted() > 20:  # far out of range: do not build a huge int
             raise _cannot(value, "int", "out of 64-bit range")
         return _checked_int(int(number), value)
     if kind is float:
@@ -111,7 +111,7 @@ def as_number(value: Any) -> int | float:
     if kind is str:
         parsed = _parse_number(value, "number")
         if type(parsed) is Decimal:
-            if _whole(parsed) and abs(parsed.adjusted()) <= 20 and _INT_MIN <= int(parsed) <= _INT_MAX:
+            if _whole(parsed) and parsed.adjusted() <= 20 and _INT_MIN <= int(parsed) <= _INT_MAX:
                 return int(parsed)  # exactly, however many digits
             value = float(parsed)
         else:

@@ -138,3 +138,18 @@ def test_check_refuses_an_openmeter_url_without_a_scheme() -> None:
     result = otlp_meter("check", env={"OPENMETER_URL": "localhost:8888"})
     assert result.returncode == 2
     assert "exporter.openmeter.url: $OPENMETER_URL must be an http(s) URL" in result.stderr
+
+
+def test_check_does_not_need_what_only_the_pod_s_environment_has(tmp_path: Path) -> None:
+    """The shipped DaemonSet config names no node: ``$NODE_NAME`` comes with the pod. ``check`` on a
+    laptop or in CI validates the rest."""
+    config = write_config(tmp_path, {"sources": {"kubernetes": {}}})
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+    result = subprocess.run(
+        [sys.executable, "-m", "otlp_meter", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr

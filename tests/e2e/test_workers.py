@@ -299,7 +299,7 @@ def test_every_process_converts_cumulative_points_but_only_the_primary_forgets_s
     service_factory: ServiceFactory, openmeter: FakeOpenMeter
 ) -> None:
     """Stream expiry deletes state every process reads: it runs in the primary alone, which tells
-    the workers through the streams generation. Each round's stream lands on whichever process the
+    the workers' commits through the state they expect. Each round's stream lands on whichever process the
     connection hashes to and is forgotten a second later; a worker that also ran expiry would log
     about half of them (all rounds passing it by: 1 in 16)."""
     rule = {

@@ -434,3 +434,8 @@ def test_workers_parse_the_text_the_primary_read_not_the_file_again(tmp_path: Pa
 
     assert config.service.workers == 3
     assert config.rules.files == [tmp_path / "my.yaml"]  # relative to the file, as when it was read
+
+
+def test_decimal_sizes_are_exact() -> None:
+    config = parse_config({"queue": {"max_bytes": "4.1GB", "dead_letter_max_bytes": "1.5KiB"}}, {})
+    assert (config.queue.max_bytes, config.queue.dead_letter_max_bytes) == (4_100_000_000, 1536)

@@ -146,7 +146,7 @@ async def test_concurrent_commits_of_one_stream_bill_the_true_increase(
     await a.ingest_metrics(cumulative(10, T0))
     await b.ingest(12, T0 + SECOND)
     for n in range(2, 30, 2):
-        # Both may map against the same generation; whichever commits second conflicts, reloads
+        # Both may map against the same stored state; whichever commits second conflicts, reloads
         # the stream and maps again (its point may then be out of order: no event).
         await asyncio.gather(
             a.ingest_metrics(cumulative(10 + 5 * n, T0 + n * SECOND)),
@@ -281,9 +281,9 @@ async def test_the_queue_refuses_an_append_whose_expectation_no_longer_holds(tmp
 async def test_an_expiry_by_the_primary_reaches_every_process_s_cache(
     two: tuple[Pipeline, LmdbQueue, OtherProcess],
 ) -> None:
-    """The primary expires a stream a worker has cached: the worker reloads (the expiry moved the
-    streams generation) and treats the stream's next point as a forgotten stream's, billing none
-    of its history again."""
+    """The primary expires a stream a worker has cached: the worker reloads (the expiry changed the
+    stream's state and the watermark its commit expected) and treats the stream's next point as a
+    forgotten stream's, billing none of its history again."""
     a, q, b = two
     await b.ingest(10, T0)
     await b.ingest(15, T0 + SECOND)

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,4 +96,28 @@ async def test_a_failed_write_leaves_nothing_behind_so_the_retry_does_not_duplic
     assert (await sink.send(batch)).verdict is Verdict.RETRY
     assert path.read_bytes() == b'{"id":"earlier"}\n'
     assert (await sink.send(batch)).verdict is Verdict.DELIVERED
+    assert path.read_bytes().splitlines() == [b'{"id":"earlier"}', *batch]
+
+
+async def test_a_write_cut_short_by_a_full_disk_is_cut_off_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a batch on disk, then ENOSPC: the half is removed (no broken line, no later duplicate)."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"id":"earlier"}\n')
+    write = os.write
+    calls: list[int] = []
+
+    def half_then_full(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    batch = [e.payload for e in cloud_events(3)]
+    assert (await FileSink(path).send(batch)).verdict is Verdict.RETRY
+    monkeypatch.setattr(os, "write", write)
+    assert path.read_bytes() == b'{"id":"earlier"}\n'
+    assert (await FileSink(path).send(batch)).verdict is Verdict.DELIVERED
     assert path.read_bytes().splitlines() == [b'{"id":"earlier"}', *batch]

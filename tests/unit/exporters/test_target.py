@@ -138,3 +138,8 @@ def test_a_url_with_a_query_is_refused_with_where_it_came_from() -> None:
     with pytest.raises(ConfigError, match=r"no query or fragment") as refused:
         resolve({"OPENMETER_URL": "http://openmeter:8888?tenant=a"})
     assert refused.value.problems[0][0] == "$OPENMETER_URL"
+
+
+def test_an_explicit_v3_with_konnect_s_server_url_posts_to_its_events() -> None:
+    target = resolve(openmeter={"url": "https://us.api.konghq.com/v3", "api": "v3", "token": TOKEN})
+    assert (target.api, target.endpoint) == ("v3", "https://us.api.konghq.com/v3/openmeter/events")

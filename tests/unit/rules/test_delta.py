@@ -424,3 +424,17 @@ def test_rollback_is_right_even_when_the_append_committed_after_all() -> None:
     meter.states.rollback(result.state_token)  # ... but the pipeline could not know
     assert meter.send(request("sum", {"value": 25, "t": T0 + 2 * S})) == []  # not billed twice
     assert values(meter.send(request("sum", {"value": 30, "t": T0 + 3 * S}))) == [5]
+
+
+def test_a_failure_to_read_stream_state_fails_the_request_instead_of_dead_lettering_it() -> None:
+    """The request is refused (retryably, by the pipeline): the sender keeps the usage and retries."""
+
+    def broken(key: bytes) -> bytes | None:
+        if key.startswith(KEY_PREFIX) and len(key) == len(KEY_PREFIX) + 16:  # a stream's state
+            raise OSError("the state database cannot be read")
+        return None
+
+    meter = Meter()
+    states = meter.engine.stream_states(broken, T0 - S)
+    with pytest.raises(OSError, match="cannot be read"):
+        meter.engine.map_metrics(request("sum", {"value": 10, "t": T0 + S}), RECEIVED, states)

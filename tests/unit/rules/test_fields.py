@@ -293,3 +293,10 @@ def test_empty_text_in_a_subject_path_falls_back_to_the_next_path() -> None:
     assert event["subject"] == "acme"
     data = event_of({"data": {"s": {"path": "attributes.s"}}}, log_record({"s": ""}))["data"]
     assert data == {"s": ""}  # data keeps its empty text
+
+
+def test_empty_text_from_a_body_or_an_expression_is_no_subject_either() -> None:
+    record = log_record({"c": ""})
+    record.body.string_value = ""
+    for subject in ({"path": "record.body", "default": "d"}, {"expr": 'attributes["c"]', "default": "d"}):
+        assert event_of({"subject": subject}, record)["subject"] == "d"

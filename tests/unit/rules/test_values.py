@@ -10,7 +10,7 @@ from otlp_meter.rules.values import as_float, as_int, as_number, event_time
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [(" 42 ", 42), ("4.0e2", 400), ("9007199254740993.0", 9007199254740993), ("-7", -7)],
+    [(" 42 ", 42), ("4.0e2", 400), ("9007199254740993.0", 9007199254740993), ("-7", -7), ("0e-50", 0)],
 )
 def test_numeric_text_becomes_an_int_exactly(text: str, expected: int) -> None:
     assert as_int(text) == expected
