@@ -54,6 +54,8 @@ def rule_files(paths: Sequence[Path]) -> list[Path]:
 
 def read_requests(data: bytes, name: str = "", signal: InputSignal | None = None) -> list[Request]:
     """The export requests in ``data`` (the file's ``name`` helps tell JSON from protobuf)."""
+    if not data.strip():  # a truncated export must not pass for a clean run
+        raise InputError("the input is empty: no export request in it")
     suffix = Path(name).suffix.lower()
     if suffix in _JSON_SUFFIXES or (suffix not in _PROTOBUF_SUFFIXES and data.lstrip()[:1] == b"{"):
         return _read_json(data, signal)
@@ -96,15 +98,46 @@ def _json_signal(document: Any) -> InputSignal | None:
 
 
 def _read_protobuf(data: bytes, signal: InputSignal | None) -> Request:
-    try:
-        if signal == "logs":
-            return ExportLogsServiceRequest.FromString(data)
-        metrics = ExportMetricsServiceRequest.FromString(data)
-        if signal == "metrics" or _has_metric_data(metrics):
-            return metrics
-        return ExportLogsServiceRequest.FromString(data)
-    except ProtobufDecodeError as exc:
-        raise InputError(f"not OTLP protobuf: {exc}") from None
+    """The request in ``data``; without ``signal``, whichever of the two reads it as it was written.
+
+    Both requests share field numbers down to the record, so either may parse the other's bytes:
+    read as the wrong type, a record's fields do not fit (a log record's time is field 1 as a
+    fixed64, a metric's name is field 1 as text) and end up unknown fields, or the parse fails.
+    """
+    kinds: tuple[type[Request], ...] = (
+        (ExportLogsServiceRequest,)
+        if signal == "logs"
+        else (ExportMetricsServiceRequest,)
+        if signal == "metrics"
+        else (ExportLogsServiceRequest, ExportMetricsServiceRequest)
+    )
+    parsed: list[Request] = []
+    errors: list[str] = []
+    for kind in kinds:
+        try:
+            parsed.append(kind.FromString(data))
+        except ProtobufDecodeError as exc:
+            errors.append(f"{kind.__name__}: {exc}")
+    if not parsed:
+        raise InputError(f"not OTLP protobuf: {'; '.join(errors)}")
+    if len(parsed) == 1:
+        return parsed[0]
+    whole = [request for request in parsed if not _has_unknown_fields(request)]
+    if len(whole) == 1:
+        return whole[0]
+    metrics = next(r for r in parsed if isinstance(r, ExportMetricsServiceRequest))
+    return (
+        metrics
+        if _has_metric_data(metrics)
+        else next(r for r in parsed if isinstance(r, ExportLogsServiceRequest))
+    )
+
+
+def _has_unknown_fields(request: Request) -> bool:
+    copy = type(request)()
+    copy.CopyFrom(request)  # type: ignore[arg-type]
+    copy.DiscardUnknownFields()
+    return copy.ByteSize() != request.ByteSize()
 
 
 def _has_metric_data(request: ExportMetricsServiceRequest) -> bool:

@@ -8,10 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from otlp_meter.cli import main
 from otlp_meter.receivers.otlp_json import encode_response
-from tests.unit.rules.otlp import log_record, logs_request
+from otlp_meter.rules.dry_run import InputError, read_requests
+from tests.unit.rules.otlp import attributes, log_record, logs_request, metric, metrics_request
 from tests.unit.rules.sdk import SdkApp
 
 RULES = """\
@@ -184,3 +187,32 @@ def test_now_is_the_fallback_event_time(
     _, report = run_json(capsys, "--rules", str(rules), "--input", str(path))
     assert report["events"][0]["time"] == "2024-06-01T00:00:00Z"
     assert main(["rules", "test", "--rules", str(rules), "--input", str(path), "--now", "soon"]) == 3
+
+
+@pytest.mark.parametrize(
+    "body", [None, "a text body", {"method": "GET", "path": "/", "user": "u"}], ids=["none", "text", "map"]
+)
+def test_protobuf_logs_are_told_from_metrics_whatever_their_records_hold(body: Any) -> None:
+    """The two requests share field numbers down to the record: a log record's body (field 5) read
+    as a metric is a gauge. Detection must not take, or fail on, logs for metrics."""
+    record = log_record({"k": "v"})
+    if isinstance(body, str):
+        record.body.string_value = body
+    elif isinstance(body, dict):
+        record.body.kvlist_value.values.extend(attributes(body))
+    data = logs_request(record).SerializeToString()
+    [request] = read_requests(data, "export.pb")
+    assert isinstance(request, ExportLogsServiceRequest)
+    assert request == logs_request(record)
+
+
+def test_protobuf_metrics_are_still_metrics() -> None:
+    m = metric("api.requests", "sum", {"value": 3})
+    [request] = read_requests(metrics_request(m).SerializeToString(), "export.pb")
+    assert isinstance(request, ExportMetricsServiceRequest)
+
+
+@pytest.mark.parametrize("data", [b"", b"  \n"])
+def test_an_empty_input_is_unreadable_not_a_clean_run(data: bytes) -> None:
+    with pytest.raises(InputError, match="empty"):
+        read_requests(data, "export.json")
