@@ -108,12 +108,24 @@ class ThrottledLog:
 # Credentials after "Bearer" (any case), wherever they appear: a header echoed in an error
 # message, a repr of a request. Tokens are opaque strings up to whitespace, quotes or separators;
 # 8 characters at least, so that prose such as "bearer token" stays readable.
-_BEARER = re.compile(r"(?i)\b(bearer)(?:\s+|%20)[^\s\"'\\,;&]{8,}")
+_BEARER = re.compile(r"(?i)\b(bearer)(?:\s+|%20|\\t)[^\s\"'\\,;&]{8,}")
+# Basic credentials: base64 with a digit, a capital or +/ in it (not prose like "basic settings").
+_BASIC = re.compile(r"\b((?i:basic))(?:\s+|%20|\\t)(?=[A-Za-z0-9+/]*[0-9+/A-Z])[A-Za-z0-9+/]{8,}={0,2}")
+# A password in a URL (``scheme://user:password@host``).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@")
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``Bearer <credentials>`` replaced by ``Bearer ***``."""
-    return _BEARER.sub(r"\1 ***", text) if "earer" in text or "EARER" in text else text
+    """``text`` with every ``Bearer <credentials>`` (and ``Basic``) replaced by ``Bearer ***``, and a
+    password in a URL by ``***``."""
+    lowered = text.lower()
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1 ***", text)
+    if "basic" in lowered:
+        text = _BASIC.sub(r"\1 ***", text)
+    if "://" in text and "@" in text:
+        text = _USERINFO.sub(r"\1:***@", text)
+    return text
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -251,6 +251,10 @@ def test_bearer_credentials_are_scrubbed_from_every_line(fmt: str) -> None:
         ("url?auth=Bearer%20token-in-a-url&x=1", "url?auth=Bearer ***&x=1"),
         ("with bearer token", "with bearer token"),
         ("nothing to see", "nothing to see"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "Authorization: Basic ***"),
+        ("basic settings applied", "basic settings applied"),
+        ("GET http://user:hunter2pw@host:9090/api failed", "GET http://user:***@host:9090/api failed"),
+        ("mail to a@b, see https://example.com/x", "mail to a@b, see https://example.com/x"),
     ],
 )
 def test_redact(text: str, scrubbed: str) -> None:
