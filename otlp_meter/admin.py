@@ -52,6 +52,17 @@ PURGE_CHUNK = 10_000
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``queue stats`` and ``dlq list|replay|purge``; each sets ``handler`` (see module doc)."""
     queue = subparsers.add_parser("queue", help="inspect the durable queue")
@@ -69,7 +80,7 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_sub.add_parser("list", help="dead letters with their reasons, oldest first")
     _common(listing)
-    listing.add_argument("--limit", type=int, default=50, help="most entries to show (default 50)")
+    listing.add_argument("--limit", type=_positive, default=50, help="most entries to show (default 50)")
     listing.add_argument("--after", type=int, default=0, metavar="SEQ", help="start after this sequence")
     listing.add_argument("--json", action="store_true", help="one JSON object per line, payload included")
     listing.set_defaults(handler=dlq_list)
@@ -89,7 +100,7 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--through-rules", action="store_true", help="only rejected records, through the rules"
     )
     replay.add_argument("--seq", type=int, action="append", help="only this dead letter (repeatable)")
-    replay.add_argument("--limit", type=int, help="replay at most this many dead letters")
+    replay.add_argument("--limit", type=_positive, help="replay at most this many dead letters")
     replay.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     replay.set_defaults(handler=dlq_replay)
 

@@ -149,6 +149,14 @@ def log_config_error(exc: ConfigError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `otlp-meter dlq list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [WORKER_COMMAND]:  # spawned by `run` with service.workers > 1; not for people
         from otlp_meter.workers import worker_main

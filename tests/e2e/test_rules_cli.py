@@ -46,3 +46,19 @@ def test_a_clean_run_exits_0_and_prints_a_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"EVENTS (1)" in done.stdout
     assert b"api-call" in done.stdout
+
+
+def test_output_cut_short_by_the_reader_is_no_error(tmp_path: Path) -> None:
+    """``otlp-meter rules test … | head``: the reader closing the pipe early is not a failure."""
+    records = [log_record({"method": "GET", "path": f"/{i}", "user": "u"}) for i in range(3000)]
+    path = tmp_path / "export.pb"
+    path.write_bytes(logs_request(*records).SerializeToString())
+    command = [sys.executable, "-m", "otlp_meter", "rules", "test", "--pack", "http", "--input", str(path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(100)
+        process.stdout.close()  # like head after its lines
+        errors = process.stderr.read()
+        assert process.wait(60) == 0, errors
+    assert b"Traceback" not in errors

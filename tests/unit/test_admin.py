@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from otlp_meter.admin import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_admin_commands
+from otlp_meter.cli import main
 from otlp_meter.config import load_config
 from otlp_meter.queue import LmdbQueue
 from otlp_meter.rules import RulesEngine
@@ -331,3 +332,14 @@ def dedupe_keys(config: Path) -> list[bytes]:
             return [bytes(key) for key, _ in txn.cursor(db=h.dedupe)]
     finally:
         queue.close()
+
+
+@pytest.mark.parametrize("command", [["dlq", "list"], ["dlq", "replay"]])
+@pytest.mark.parametrize("limit", ["0", "-3", "many"])
+def test_a_limit_below_one_is_refused_before_anything_runs(
+    command: list[str], limit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--limit", limit])
+    assert exited.value.code == 2
+    assert "--limit" in capsys.readouterr().err
