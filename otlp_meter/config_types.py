@@ -119,15 +119,22 @@ ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 """Bytes; YAML may say ``64MiB``, ``1GB``, ``512Ki`` or a plain number."""
 
 
-def check_endpoint(value: str) -> str:
-    """``host:port`` (``[::1]:4318`` for IPv6) with a port from 0 to 65535 (0: any free port)."""
-    host, sep, port = value.rpartition(":")
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``"0.0.0.0:4318"`` / ``"[::1]:4318"`` / ``":8888"`` → (host, port); the port 0 to 65535
+    (0: any free port), an IPv6 host in brackets."""
+    host, sep, port = endpoint.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"must be host:port, got {value!r}")
+        raise ValueError(f"endpoint must be host:port, got {endpoint!r}")
     if int(port) > 65535:
         raise ValueError(f"the port must be 0 to 65535, got {port}")
     if host.startswith("[") != host.endswith("]"):
-        raise ValueError(f"an IPv6 host goes in brackets, e.g. [::1]:4318, got {value!r}")
+        raise ValueError(f"an IPv6 host goes in brackets, e.g. [::1]:4318, got {endpoint!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def check_endpoint(value: str) -> str:
+    """:func:`parse_endpoint` as a config check: the text as it is, or ValueError."""
+    parse_endpoint(value)
     return value
 
 

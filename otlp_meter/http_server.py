@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from otlp_meter.config_types import parse_endpoint
 from otlp_meter.telemetry.logging import get_logger
 from otlp_meter.telemetry.metrics import Metrics
 
@@ -37,14 +38,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``"0.0.0.0:4318"`` / ``"[::1]:4318"`` → (host, port)."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"endpoint must be host:port, got {endpoint!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def bind(endpoint: str, *, reuse_port: bool = False) -> socket.socket:

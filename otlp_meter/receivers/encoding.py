@@ -33,8 +33,8 @@ _ZSTD = zstandard.ZstdDecompressor()
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     """Undo ``Content-Encoding`` without ever holding more than ``limit`` bytes of output."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
+    encoding = _name(encoding)
+    if encoding == "identity":
         return body
     if encoding in ("gzip", "x-gzip"):
         return _inflate(body, 16 + zlib.MAX_WBITS, encoding, limit)
@@ -50,9 +50,14 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 async def decompress_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     """:func:`decompress`, on a thread for a large compressed body (zlib and zstd let go of the
     GIL while they work: the loop keeps serving)."""
-    if len(body) < OFF_LOOP_BYTES or (encoding or "identity").strip().lower() in ("", "identity"):
+    if len(body) < OFF_LOOP_BYTES or _name(encoding) == "identity":
         return decompress(body, encoding, limit)
     return await asyncio.to_thread(decompress, body, encoding, limit)
+
+
+def _name(encoding: str | None) -> str:
+    """The header's value as compared: lower case, none or empty being ``identity``."""
+    return (encoding or "").strip().lower() or "identity"
 
 
 def _inflate(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,12 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otlp_meter import pipeline as pipeline_module
 from otlp_meter.errors import QueueFullError
-from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.pipeline import Pipeline
 from otlp_meter.queue import LmdbQueue, QueueConfig
-from otlp_meter.queue.types import AppendResult
 from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 from otlp_meter.rules.delta import EXPIRED_BEFORE_KEY, KEY_PREFIX, StreamState
 from otlp_meter.telemetry.metrics import Metrics
+from tests.support.watched_queue import WatchedQueue
 from tests.unit.rules.otlp import T0, metric, metrics_request
 
 SECOND = 1_000_000_000
@@ -209,26 +208,16 @@ async def test_max_staleness_zero_never_expires(tmp_path: Path) -> None:
     q.close()
 
 
-class ExpiringQueue(LmdbQueue):
+class ExpiringQueue(WatchedQueue):
     """An expiry (of another pipeline: the primary's) commits between a mapping and its append."""
 
     expire: Callable[[], Any] | None = None
-    appends_with_expect = 0
 
-    async def append(
-        self,
-        events: Sequence[EncodedEvent],
-        rejected: Sequence[Rejection] = (),
-        state: Mapping[bytes, bytes | None] | None = None,
-        *,
-        expect: Mapping[bytes, bytes | None] | None = None,
-    ) -> AppendResult:
+    async def before_append(self, expect: Mapping[bytes, bytes | None]) -> None:
         if expect:
-            self.appends_with_expect += 1
             expire, self.expire = self.expire, None
             if expire is not None:
                 await expire()
-        return await super().append(events, rejected, state, expect=expect)
 
 
 async def test_a_mapping_that_raced_an_expiry_is_mapped_again_without_the_expired_state(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,13 @@ import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from otlp_meter.errors import StateConflictError
-from otlp_meter.events import EncodedEvent, Rejection
+from otlp_meter.events import EncodedEvent
 from otlp_meter.pipeline import MAX_STATE_CONFLICTS, Pipeline
 from otlp_meter.queue import LmdbQueue, QueueConfig
-from otlp_meter.queue.types import AppendResult
 from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 from otlp_meter.rules.delta import KEY_PREFIX
 from otlp_meter.telemetry.metrics import Metrics
+from tests.support.watched_queue import WatchedQueue
 from tests.unit.rules.otlp import T0, metric, metrics_request
 
 SECOND = 1_000_000_000
@@ -169,28 +169,8 @@ async def test_the_same_point_sent_to_two_processes_at_once_is_billed_once(
     assert billed(q) == [10] + [1] * 9
 
 
-class CountingQueue(LmdbQueue):
-    """Counts the appends refused because another process changed what they expected."""
-
-    conflicts = 0
-
-    async def append(
-        self,
-        events: Sequence[EncodedEvent],
-        rejected: Sequence[Rejection] = (),
-        state: Mapping[bytes, bytes | None] | None = None,
-        *,
-        expect: Mapping[bytes, bytes | None] | None = None,
-    ) -> AppendResult:
-        try:
-            return await super().append(events, rejected, state, expect=expect)
-        except StateConflictError:
-            self.conflicts += 1
-            raise
-
-
 async def test_processes_busy_with_different_streams_never_conflict(tmp_path: Path) -> None:
-    q = CountingQueue(queue_config(tmp_path))
+    q = WatchedQueue(queue_config(tmp_path))
     q.open()
     a = pipeline_over(q)
     b = OtherProcess(tmp_path)
@@ -230,24 +210,16 @@ async def test_one_process_pays_no_reload_for_its_own_commits(tmp_path: Path) ->
     q.close()
 
 
-class ContendedQueue(LmdbQueue):
+class ContendedQueue(WatchedQueue):
     """Another process changes the streams' state between every read and every append."""
 
     changes = 0
 
-    async def append(
-        self,
-        events: Sequence[EncodedEvent],
-        rejected: Sequence[Rejection] = (),
-        state: Mapping[bytes, bytes | None] | None = None,
-        *,
-        expect: Mapping[bytes, bytes | None] | None = None,
-    ) -> AppendResult:
-        stream_keys = [key for key in expect or () if key.startswith(KEY_PREFIX) and len(key) > 20]
+    async def before_append(self, expect: Mapping[bytes, bytes | None]) -> None:
+        stream_keys = [key for key in expect if key.startswith(KEY_PREFIX) and len(key) > 20]
         if stream_keys:  # a state the mapping read changes under it (unreadable here: no state)
             self.changes += 1
-            await super().append((), (), dict.fromkeys(stream_keys, b"changed %d" % self.changes))
-        return await super().append(events, rejected, state, expect=expect)
+            await self.commit_elsewhere(dict.fromkeys(stream_keys, b"changed %d" % self.changes))
 
 
 async def test_a_request_that_keeps_conflicting_is_refused_retryably_with_nothing_stored(

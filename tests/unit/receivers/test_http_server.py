@@ -9,13 +9,13 @@ import socket
 import httpx
 import pytest
 
+from otlp_meter.config_types import parse_endpoint
 from otlp_meter.http_server import (
     HttpServer,
     Receive,
     Scope,
     Send,
     ServerLimits,
-    parse_endpoint,
     read_body,
     respond,
 )
