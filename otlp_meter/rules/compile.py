@@ -17,7 +17,7 @@ from typing import Any
 
 from otlp_meter.errors import ConfigError
 from otlp_meter.events import EncodedEvent, format_time
-from otlp_meter.rules import ids
+from otlp_meter.rules import ids, native_rules
 from otlp_meter.rules.codegen import (
     ConditionPlan,
     FieldPlan,
@@ -56,6 +56,9 @@ class CompiledRule:
     """Where the rule was defined, e.g. ``rules/genai.yaml rules[0]``."""
     wanted: Wanted = EVERY_KEY
     """The attribute keys the rule reads (the engine reads only those of every record)."""
+    native: native_rules.Program | None = None
+    """The rule in C (``native_rules.py``): ``False`` (no match), the event, or None (run ``match``
+    and ``build``); None when the C extension is off or the rule has a part C does not run."""
 
     def accepts_metric(self, name: str, metric_type: str) -> bool:
         """Whether points of this metric can match (``match.metric`` / ``match.metric_type``)."""
@@ -209,7 +212,10 @@ class _Compiler:
         missing = plan.fallback if plan.missing == "default" else "rejected by the rule"
         return reject_function(plan.read, missing)
 
-    def build(self) -> Callable[[RecordView], EncodedEvent | None]:
+    def build(
+        self, conditions: Sequence[ConditionPlan], expression: Predicate | None
+    ) -> tuple[Callable[[RecordView], EncodedEvent | None], native_rules.Program | None]:
+        """The rule's ``build``, and its C program (None: none) given its ``match`` parts."""
         event, name = self.rule.event, self.rule.name
         assert event is not None
         logs = self.signal == "logs"
@@ -261,7 +267,12 @@ class _Compiler:
             if event.id is None
             else self.field(event.id, (*loc, "id"), event_string, default_id)
         )
-        return build_function(head, base, body, event_id)
+        program = None
+        if expression is None and base is None:
+            builtins = {default_source: native_rules.BUILTIN_SOURCE, default_time: native_rules.BUILTIN_TIME}
+            builtins[default_id] = native_rules.BUILTIN_ID
+            program = native_rules.program(self.signal, conditions, head, body, event_id, builtins, rule_key)
+        return build_function(head, base, body, event_id), program
 
 
 def _as_map(value: Any) -> dict[str, Any]:
@@ -280,7 +291,11 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
     metric_name, metric_type = compiler.metric_filter()
     conditions = [compiler.condition(cond, ("match", "where", i)) for i, cond in enumerate(rule.match.where)]
     expression = compiler.match_expression()  # after the paths: they are the cheap filter
-    build = compiler.build() if rule.event is not None else compiler.reject()
+    program = None
+    if rule.event is not None:
+        build, program = compiler.build(conditions, expression)
+    else:
+        build = compiler.reject()
     if compiler.problems:
         raise ConfigError(compiler.problems, source=source)
     return CompiledRule(
@@ -293,6 +308,7 @@ def compile_rule(rule: RuleModel, *, where: str = "", source: str = "", origin: 
         metric_type=metric_type,
         origin=origin,
         wanted=compiler.wanted(),
+        native=program,
     )
 
 

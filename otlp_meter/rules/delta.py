@@ -39,7 +39,6 @@ started before it may have been, and must not bill its history again.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from collections import OrderedDict
@@ -54,6 +53,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     NumberDataPoint,
 )
 
+from otlp_meter.rules import ids, native
 from otlp_meter.rules.attributes import attribute_list, key_of
 from otlp_meter.rules.views import ScopeState
 
@@ -330,11 +330,11 @@ def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little") + data
 
 
-def metric_hasher(scope: ScopeState, metric: Metric, metric_type: str) -> hashlib.blake2b:
+def metric_hasher(scope: ScopeState, metric: Metric, metric_type: str) -> ids.Hasher:
     """A hasher primed with everything that names a stream except the point's attributes."""
     res = scope.res
     if res.stream is None:
-        res.stream = hashlib.blake2b(
+        res.stream = native.blake2b(
             _frame(res.resource.SerializeToString(deterministic=True)), digest_size=16, person=_PERSON
         )
     if scope.stream is None:
@@ -352,7 +352,7 @@ def point_attributes(point: CumulativePoint) -> tuple[list[bytes], bytes]:
     return attribute_list(point, point.SerializeToString())
 
 
-def stream_key(metric: hashlib.blake2b, attributes: list[bytes]) -> bytes:
+def stream_key(metric: ids.Hasher, attributes: list[bytes]) -> bytes:
     """The state key of the stream of a point whose attributes, each ``KeyValue`` serialized, are
     ``attributes`` (their order does not matter: they are hashed in key order)."""
     hasher = metric.copy()

@@ -297,9 +297,13 @@ def _apply(
     rejections_before = len(tally.rejected)
     for rule in rules:
         try:
-            if not rule.match(view):
+            event = None if rule.native is None else rule.native(view)
+            if event is False:  # C: the conditions do not hold
                 continue
-            event = rule.build(view)
+            if event is None:  # no C program, or C leaves this record to Python (see native_rules.py)
+                if not rule.match(view):
+                    continue
+                event = rule.build(view)
             if event is None:  # an optional type or subject without a value
                 continue
             hit = True

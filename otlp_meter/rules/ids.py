@@ -19,26 +19,37 @@ retried export looks like. Changing this layout changes every id, so it is versi
 
 from __future__ import annotations
 
-import hashlib
+from typing import Protocol
 
 from google.protobuf.message import Message
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from otlp_meter.rules import native
+
 _PERSON = b"otlp-meter.id.v1"  # BLAKE2b personalization, exactly 16 bytes
+
+
+class Hasher(Protocol):
+    """A BLAKE2b hasher: :mod:`hashlib`'s, or the C extension's (the same digests)."""
+
+    def copy(self) -> Hasher: ...
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
 
 
 def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(8, "little") + data
 
 
-def resource_hasher(resource: Message) -> hashlib.blake2b:
+def resource_hasher(resource: Message) -> Hasher:
     """A hasher primed with one resource; copy it for each scope below it."""
-    return hashlib.blake2b(
+    hasher: Hasher = native.blake2b(
         _frame(resource.SerializeToString(deterministic=True)), digest_size=16, person=_PERSON
     )
+    return hasher
 
 
-def scope_hasher(parent: hashlib.blake2b, scope: Message) -> hashlib.blake2b:
+def scope_hasher(parent: Hasher, scope: Message) -> Hasher:
     """A copy of ``parent`` extended with one instrumentation scope."""
     hasher = parent.copy()
     hasher.update(_frame(scope.SerializeToString(deterministic=True)))
@@ -66,7 +77,7 @@ def log_record_bytes(record: LogRecord) -> bytes:
     return record.SerializeToString(deterministic=True)
 
 
-def log_record_hasher(parent: hashlib.blake2b, serialized: bytes) -> hashlib.blake2b:
+def log_record_hasher(parent: Hasher, serialized: bytes) -> Hasher:
     """A copy of a scope hasher extended with one log record (``log_record_bytes(record)``)."""
     hasher = parent.copy()
     hasher.update(_LOGS + _frame(serialized))
@@ -83,7 +94,7 @@ def point_bytes(point: Message) -> bytes:
     return point.SerializeToString(deterministic=True)
 
 
-def point_hasher(parent: hashlib.blake2b, metric_key: bytes, serialized: bytes) -> hashlib.blake2b:
+def point_hasher(parent: Hasher, metric_key: bytes, serialized: bytes) -> Hasher:
     """A copy of a scope hasher extended with one metric data point (``point_bytes(point)``) and
     what names its series (``metric_key(name, type)``)."""
     hasher = parent.copy()
@@ -96,7 +107,7 @@ def rule_key(rule_name: str) -> bytes:
     return _frame(rule_name.encode())
 
 
-def event_id(record_hasher: hashlib.blake2b, rule_key: bytes) -> str:
+def event_id(record_hasher: Hasher, rule_key: bytes) -> str:
     """The id of the event the rule (``rule_key(name)``) makes from the record of ``record_hasher``."""
     hasher = record_hasher.copy()
     hasher.update(rule_key)

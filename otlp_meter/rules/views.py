@@ -14,7 +14,6 @@ read from its bytes instead, which its id needs anyway (:mod:`attributes`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +94,8 @@ class ResourceState:
         self.wanted = wanted
         self.attrs: AttrMap | None = None  # the wanted attributes, read on first use
         self.cel: dict[str, Any] | None = None  # the expression variable, built on first use
-        self.stream: hashlib.blake2b | None = None  # cumulative stream key prefix (delta.py)
-        self._hasher: hashlib.blake2b | None = None
+        self.stream: ids.Hasher | None = None  # cumulative stream key prefix (delta.py)
+        self._hasher: ids.Hasher | None = None
         self._source: str | None = None
         self._whole: dict[str, Any] | None = None
 
@@ -112,7 +111,7 @@ class ResourceState:
             self._whole = whole_map(self.resource.attributes)
         return self._whole
 
-    def hasher(self) -> hashlib.blake2b:
+    def hasher(self) -> ids.Hasher:
         if self._hasher is None:
             self._hasher = ids.resource_hasher(self.resource)
         return self._hasher
@@ -151,8 +150,8 @@ class ScopeState:
         self.scope: InstrumentationScope = container.scope
         self.attrs: AttrMap | None = None
         self.cel: dict[str, Any] | None = None
-        self.stream: hashlib.blake2b | None = None
-        self._hasher: hashlib.blake2b | None = None
+        self.stream: ids.Hasher | None = None
+        self._hasher: ids.Hasher | None = None
         self._whole: dict[str, Any] | None = None
         self.last_time_ns = -1  # the last default event time formatted under this scope, and its text
         self.last_time_text = ""
@@ -170,7 +169,7 @@ class ScopeState:
             self._whole = whole_map(self.scope.attributes)
         return self._whole
 
-    def hasher(self) -> hashlib.blake2b:
+    def hasher(self) -> ids.Hasher:
         if self._hasher is None:
             self._hasher = ids.scope_hasher(self.res.hasher(), self.scope)
         return self._hasher
@@ -218,7 +217,7 @@ class RecordView:
         self.cel: dict[str, Any] | None = None  # expression variables as Python values
         self.cel_context: tuple[Any, set[str]] | None = None  # (cel.Context, names added to it)
         self.converted = False
-        self._hasher: hashlib.blake2b | None = None
+        self._hasher: ids.Hasher | None = None
         self._raw: bytes | None = None  # the record serialized as its id covers it
         self.time_text: str | None = None  # the record's own time, formatted once for every rule
         self.time_ms = 0  # ... and in Unix milliseconds (set with time_text: EncodedEvent.time_ms)
@@ -238,7 +237,7 @@ class RecordView:
         """The record's attributes as OTLP ``KeyValue``s."""
         return self.message().attributes
 
-    def hasher(self) -> hashlib.blake2b:
+    def hasher(self) -> ids.Hasher:
         """A hasher primed with the record, its resource and scope; copy it per rule for an id."""
         raise NotImplementedError
 
@@ -259,9 +258,15 @@ class LogView(RecordView):
     def message(self) -> LogRecord:
         return self.record
 
-    def hasher(self) -> hashlib.blake2b:
+    def raw(self) -> bytes:
+        """The record serialized as its id covers it (``ids.log_record_bytes``)."""
+        if self._raw is None:
+            self._raw = ids.log_record_bytes(self.record)
+        return self._raw
+
+    def hasher(self) -> ids.Hasher:
         if self._hasher is None:
-            self._hasher = ids.log_record_hasher(self.scope.hasher(), ids.log_record_bytes(self.record))
+            self._hasher = ids.log_record_hasher(self.scope.hasher(), self.raw())
         return self._hasher
 
 
@@ -287,7 +292,7 @@ class PointView(RecordView):
             self.attrs = read_attributes(self.point, self.raw(), self.res.wanted.record)
         return self.attrs
 
-    def hasher(self) -> hashlib.blake2b:
+    def hasher(self) -> ids.Hasher:
         if self._hasher is None:
             self._hasher = ids.point_hasher(self.scope.hasher(), self.metric_key, self.raw())
         return self._hasher

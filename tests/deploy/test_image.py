@@ -134,6 +134,21 @@ def test_the_wheel_carries_the_rule_packs(image: Image) -> None:
     assert {"otlp_meter/py.typed", "otlp_meter/queue/proto/record_pb2.py"} <= names
 
 
+def test_the_image_runs_the_rules_in_c(image: Image) -> None:
+    """The build stage has a compiler (installed when the base image lacks one): the wheel carries
+    the rules engine's C extension, and the service uses it."""
+    probe = "import otlp_meter.rules.native as n; print(n.module.__file__ if n.available() else '')"
+    result = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", probe],
+        env=image.env,
+        cwd=image.workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(image.venv / "lib")), result.stdout
+
+
 def test_installed_not_editable_and_finds_the_packs(image: Image) -> None:
     probe = (
         "import json, otlp_meter, otlp_meter.rules.loader as loader;"

@@ -47,7 +47,7 @@ def test_a_bug_in_a_rule_rejects_the_record_instead_of_failing_the_request(
 
     good = compile_rule(RuleModel.model_validate(rule("good")))
     bad = dataclasses.replace(
-        compile_rule(RuleModel.model_validate(rule("bad", continue_=True))), build=broken
+        compile_rule(RuleModel.model_validate(rule("bad", continue_=True))), build=broken, native=None
     )
     with caplog.at_level(logging.ERROR, logger="otlp_meter.rules"):
         result = RulesEngine([bad, good]).map_logs(logs_request(log_record()), RECEIVED)
@@ -67,7 +67,7 @@ def test_a_rule_bug_hitting_every_record_is_logged_once_per_interval(
     def broken(view: RecordView) -> EncodedEvent:
         raise KeyError("boom")
 
-    bad = dataclasses.replace(compile_rule(RuleModel.model_validate(rule("bad"))), build=broken)
+    bad = dataclasses.replace(compile_rule(RuleModel.model_validate(rule("bad"))), build=broken, native=None)
     engine = RulesEngine([bad])
     with caplog.at_level(logging.ERROR, logger="otlp_meter.rules"):
         for _ in range(3):

@@ -1,0 +1,19 @@
+"""Build the optional C extension; everything else is in pyproject.toml.
+
+``otlp_meter.rules._native`` is the rules engine's hot path in C. It is optional: without a C
+compiler (or with ``OTLP_METER_NATIVE=0`` at run time) the same rules run in pure Python.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "otlp_meter.rules._native",
+            ["otlp_meter/rules/_native.c"],
+            depends=["otlp_meter/rules/_blake2b.h"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        )
+    ]
+)
