@@ -12,7 +12,7 @@ setup(
             "otlp_meter.rules._native",
             ["otlp_meter/rules/_native.c"],
             depends=["otlp_meter/rules/_blake2b.h"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )
     ]

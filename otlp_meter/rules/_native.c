@@ -37,7 +37,7 @@ static PyObject *g_dumps = NULL;       /* orjson.dumps */
 static PyObject *g_time_millis = NULL; /* values.time_millis(text) -> int */
 static PyTypeObject *g_encoded = NULL; /* events.EncodedEvent */
 
-static PyObject *s_raw, *s_res, *s_scope, *s_attrs, *s_values, *s_hasher, *s_default_source, *s_metric,
+static PyObject *s_metric_key, *s_raw, *s_raw_slot, *s_hasher_slot, *s_source_slot, *s_res, *s_scope, *s_attrs, *s_values, *s_hasher, *s_default_source, *s_metric,
     *s_metric_type, *s_name, *s_unit, *s_point, *s_received_ns;
 
 #define LOG_TIME 1
@@ -234,11 +234,16 @@ typedef struct {
     const Layout *layout;
     const uint8_t *raw;
     Py_ssize_t raw_n;
-    int rec_state; /* 0: not indexed yet, 1: indexed, -1: malformed */
+    int scanned; /* scan(): 0 not yet, 1 done, -1 malformed */
     Entry rec[MAX_ENTRIES];
     int nrec;
+    uint64_t fixed[16];
+    uint32_t fixed_seen;
+    int last_value_field;
+    const uint8_t *body;
+    size_t body_len;
     int body_state;
-    Entry body[MAX_ENTRIES];
+    Entry body_entries[MAX_ENTRIES];
     int nbody;
     PyObject *res_d, *scope_d;
     PyObject *keep[MAX_KEEP];
@@ -313,6 +318,32 @@ static int any_to_val(const uint8_t *p, size_t n, Val *v) {
     return rc < 0 ? -1 : 0;
 }
 
+/* One serialized KeyValue → an index entry. */
+static int index_kv(const uint8_t *p, size_t n, Entry *e) {
+    e->key = "";
+    e->keylen = 0;
+    e->value = NULL;
+    e->valuelen = 0;
+    Reader kv = {p, p + n};
+    uint32_t field;
+    int wt, rc, values = 0;
+    const uint8_t *val = NULL;
+    size_t len = 0;
+    uint64_t num = 0;
+    while ((rc = next_field(&kv, &field, &wt, &val, &len, &num)) == 1) {
+        if (field == 1) {
+            if (wt != 2) return -1;
+            e->key = (const char *)val;
+            e->keylen = len;
+        } else if (field == 2) {
+            if (wt != 2 || values++) return -1; /* two values would merge: leave it to protobuf */
+            e->value = val;
+            e->valuelen = len;
+        }
+    }
+    return rc < 0 ? -1 : 0;
+}
+
 /* Index the KeyValues of a repeated KeyValue field `number` of message bytes p[0:n]. */
 static int index_kvs(const uint8_t *p, size_t n, uint32_t number, Entry *out, int *count) {
     Reader r = {p, p + n};
@@ -323,31 +354,8 @@ static int index_kvs(const uint8_t *p, size_t n, uint32_t number, Entry *out, in
     uint64_t num = 0;
     *count = 0;
     while ((rc = next_field(&r, &field, &wt, &val, &len, &num)) == 1) {
-        if (field != number) continue;
-        if (wt != 2 || *count >= MAX_ENTRIES) return -1;
-        Entry *e = &out[(*count)++];
-        e->key = "";
-        e->keylen = 0;
-        e->value = NULL;
-        e->valuelen = 0;
-        Reader kv = {val, val + len};
-        uint32_t f2;
-        int wt2, rc2, values = 0;
-        const uint8_t *v2 = NULL;
-        size_t l2 = 0;
-        uint64_t n2 = 0;
-        while ((rc2 = next_field(&kv, &f2, &wt2, &v2, &l2, &n2)) == 1) {
-            if (f2 == 1) {
-                if (wt2 != 2) return -1;
-                e->key = (const char *)v2;
-                e->keylen = l2;
-            } else if (f2 == 2) {
-                if (wt2 != 2 || values++) return -1; /* two values would merge: leave it to protobuf */
-                e->value = v2;
-                e->valuelen = l2;
-            }
-        }
-        if (rc2 < 0) return -1;
+        if (field != number || wt != 2) continue;
+        if (*count >= MAX_ENTRIES || index_kv(val, len, &out[(*count)++]) < 0) return -1;
     }
     return rc < 0 ? -1 : 0;
 }
@@ -368,12 +376,47 @@ static int lookup(const Entry *entries, int count, const char *key, size_t keyle
     return 0;
 }
 
-static int ensure_record(Ctx *c) {
-    if (c->rec_state == 0) {
-        uint32_t number = c->is_logs ? LOG_ATTRS : (uint32_t)c->layout->attrs;
-        c->rec_state = index_kvs(c->raw, (size_t)c->raw_n, number, c->rec, &c->nrec) < 0 ? -1 : 1;
+/* One pass over the record's top-level fields: its attributes indexed, its fixed64 fields (times,
+ * point values, sums, counts: field numbers below 16) kept, its body found. What protobuf would
+ * set aside as unknown (a known number with another wire type) is skipped here too. */
+static int scan(Ctx *c) {
+    if (c->scanned != 0) return c->scanned;
+    c->scanned = -1;
+    uint32_t attrs = c->is_logs ? LOG_ATTRS : (uint32_t)c->layout->attrs;
+    Reader r = {c->raw, c->raw + c->raw_n};
+    uint32_t field;
+    int wt, rc, bodies = 0;
+    const uint8_t *val = NULL;
+    size_t len = 0;
+    uint64_t num = 0;
+    c->nrec = 0;
+    c->fixed_seen = 0;
+    c->last_value_field = 0;
+    c->body = NULL;
+    c->body_len = 0;
+    while ((rc = next_field(&r, &field, &wt, &val, &len, &num)) == 1) {
+        if (field == attrs && wt == 2) {
+            if (c->nrec >= MAX_ENTRIES || index_kv(val, len, &c->rec[c->nrec++]) < 0) return -1;
+        } else if (wt == 1 && field < 16) {
+            c->fixed[field] = num;
+            c->fixed_seen |= 1u << field;
+            if (!c->is_logs && ((int)field == c->layout->as_double || (int)field == c->layout->as_int))
+                c->last_value_field = (int)field;
+        } else if (c->is_logs && field == LOG_BODY && wt == 2) {
+            if (bodies++) return -1; /* two bodies merge: leave it to protobuf */
+            c->body = val;
+            c->body_len = len;
+        }
     }
-    return c->rec_state;
+    if (rc < 0) return -1;
+    c->scanned = 1;
+    return 1;
+}
+
+/* A fixed64 field of the record (0 when absent); *present says whether it was there. */
+static uint64_t fixed(const Ctx *c, int number, int *present) {
+    *present = number > 0 && number < 16 && (c->fixed_seen >> number) & 1u;
+    return *present ? c->fixed[number] : 0;
 }
 
 /* The keys of a map (kvlist) body; none for any other body. */
@@ -381,25 +424,14 @@ static int ensure_body(Ctx *c) {
     if (c->body_state != 0) return c->body_state;
     c->body_state = -1;
     c->nbody = 0;
-    Reader r = {c->raw, c->raw + c->raw_n};
-    uint32_t field;
-    int wt, rc;
-    const uint8_t *val = NULL, *body = NULL;
-    size_t len = 0, body_len = 0;
-    uint64_t num = 0;
-    int bodies = 0;
-    while ((rc = next_field(&r, &field, &wt, &val, &len, &num)) == 1) {
-        if (field == LOG_BODY) {
-            if (wt != 2 || bodies++) return -1; /* two bodies merge: leave it to protobuf */
-            body = val;
-            body_len = len;
-        }
-    }
-    if (rc < 0) return -1;
-    if (body != NULL) {
-        Reader b = {body, body + body_len};
-        const uint8_t *kvlist = NULL;
-        size_t kvlist_len = 0;
+    if (scan(c) < 0) return -1;
+    if (c->body != NULL) {
+        Reader b = {c->body, c->body + c->body_len};
+        uint32_t field;
+        int wt, rc;
+        const uint8_t *val = NULL, *kvlist = NULL;
+        size_t len = 0, kvlist_len = 0;
+        uint64_t num = 0;
         int last = 0, kvlists = 0;
         while ((rc = next_field(&b, &field, &wt, &val, &len, &num)) == 1) {
             if (field >= 1 && field <= 8) last = (int)field;
@@ -410,30 +442,10 @@ static int ensure_body(Ctx *c) {
             }
         }
         if (rc < 0) return -1;
-        if (last == 6 && index_kvs(kvlist, kvlist_len, 1, c->body, &c->nbody) < 0) return -1;
+        if (last == 6 && index_kvs(kvlist, kvlist_len, 1, c->body_entries, &c->nbody) < 0) return -1;
     }
     c->body_state = 1;
     return 1;
-}
-
-/* A scalar field of the record's bytes (the last occurrence); 0 when absent. -1: malformed. */
-static int raw_scalar(Ctx *c, int number, int want_wt, uint64_t *out, int *present) {
-    Reader r = {c->raw, c->raw + c->raw_n};
-    uint32_t field;
-    int wt, rc;
-    const uint8_t *val = NULL;
-    size_t len = 0;
-    uint64_t num = 0;
-    *out = 0;
-    *present = 0;
-    while ((rc = next_field(&r, &field, &wt, &val, &len, &num)) == 1) {
-        if ((int)field == number) {
-            if (wt != want_wt) return -1;
-            *out = num;
-            *present = 1;
-        }
-    }
-    return rc < 0 ? -1 : 0;
 }
 
 /* A Python value → Val (borrowed: the object must outlive the Val). */
@@ -542,18 +554,19 @@ static int out_raw(Out *o, const char *s, size_t n) {
 
 static int out_bytes(Out *o, PyObject *b) { return out_raw(o, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)); }
 
-/* A JSON string as orjson writes it: ", \ and control characters escaped, the rest as is. */
+/* A JSON string as orjson writes it: ", \\ and control characters escaped, the rest as is. */
 static int out_str(Out *o, const char *s, Py_ssize_t n) {
     static const char hex[] = "0123456789abcdef";
     if (out_reserve(o, (size_t)n * 6 + 2) < 0) return -1;
     char *w = o->buf + o->len;
     *w++ = '"';
+    Py_ssize_t run = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\') {
-            *w++ = (char)ch;
-            continue;
-        }
+        if (ch >= 0x20 && ch != '"' && ch != '\\') continue;
+        memcpy(w, s + run, (size_t)(i - run));
+        w += i - run;
+        run = i + 1;
         *w++ = '\\';
         switch (ch) {
             case '"': *w++ = '"'; break;
@@ -571,6 +584,8 @@ static int out_str(Out *o, const char *s, Py_ssize_t n) {
                 *w++ = hex[ch & 15];
         }
     }
+    memcpy(w, s + run, (size_t)(n - run));
+    w += n - run;
     *w++ = '"';
     o->len = (size_t)(w - o->buf);
     return 0;
@@ -578,8 +593,14 @@ static int out_str(Out *o, const char *s, Py_ssize_t n) {
 
 static int out_int(Out *o, int64_t x) {
     char tmp[24];
-    int n = snprintf(tmp, sizeof tmp, "%lld", (long long)x);
-    return out_raw(o, tmp, (size_t)n);
+    char *end = tmp + sizeof tmp, *w = end;
+    uint64_t u = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
+    do {
+        *--w = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (x < 0) *--w = '-';
+    return out_raw(o, w, (size_t)(end - w));
 }
 
 /* orjson's own text for a value it can write; -1 for anything else, or a null inside (which the
@@ -631,6 +652,15 @@ static int out_val(Out *o, const Val *v) {
 
 /* ---------------------------------------------------------------- times and ids */
 
+/* x in exactly `width` decimal digits (zero-padded), at w; the end. */
+static char *digits(char *w, uint64_t x, int width) {
+    for (int i = width - 1; i >= 0; i--) {
+        w[i] = (char)('0' + x % 10);
+        x /= 10;
+    }
+    return w + width;
+}
+
 /* Unix ns → format_time's text: YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z. */
 static int format_time(uint64_t ns, char *out) {
     uint64_t seconds = ns / 1000000000ULL, fraction = ns % 1000000000ULL;
@@ -648,16 +678,30 @@ static int format_time(uint64_t ns, char *out) {
     int m = (int)(mp < 10 ? mp + 3 : mp - 9);
     if (m <= 2) y++;
     if (y > 9999) return -1;
-    int n = snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d", (int)y, m, d, sod / 3600, sod / 60 % 60, sod % 60);
-    if (fraction == 0)
-        n += snprintf(out + n, 40 - n, "Z");
-    else if (fraction % 1000000 == 0)
-        n += snprintf(out + n, 40 - n, ".%03dZ", (int)(fraction / 1000000));
-    else if (fraction % 1000 == 0)
-        n += snprintf(out + n, 40 - n, ".%06dZ", (int)(fraction / 1000));
-    else
-        n += snprintf(out + n, 40 - n, ".%09dZ", (int)fraction);
-    return n;
+    char *w = out;
+    w = digits(w, (uint64_t)y, 4);
+    *w++ = '-';
+    w = digits(w, (uint64_t)m, 2);
+    *w++ = '-';
+    w = digits(w, (uint64_t)d, 2);
+    *w++ = 'T';
+    w = digits(w, (uint64_t)(sod / 3600), 2);
+    *w++ = ':';
+    w = digits(w, (uint64_t)(sod / 60 % 60), 2);
+    *w++ = ':';
+    w = digits(w, (uint64_t)(sod % 60), 2);
+    if (fraction != 0) {
+        *w++ = '.';
+        if (fraction % 1000000 == 0)
+            w = digits(w, fraction / 1000000, 3);
+        else if (fraction % 1000 == 0)
+            w = digits(w, fraction / 1000, 6);
+        else
+            w = digits(w, fraction, 9);
+    }
+    *w++ = 'Z';
+    *w = 0;
+    return (int)(w - out);
 }
 
 static int received_ns(Ctx *c, uint64_t *out) {
@@ -681,8 +725,9 @@ static int default_time(Ctx *c, Val *v) {
     if (!c->have_time) {
         uint64_t ns;
         int present;
-        if (raw_scalar(c, c->is_logs ? LOG_TIME : c->layout->time, 1, &ns, &present) < 0) return -1;
-        if (ns == 0 && c->is_logs && raw_scalar(c, LOG_OBSERVED, 1, &ns, &present) < 0) return -1;
+        if (scan(c) < 0) return -1;
+        ns = fixed(c, c->is_logs ? LOG_TIME : c->layout->time, &present);
+        if (ns == 0 && c->is_logs) ns = fixed(c, LOG_OBSERVED, &present);
         if (ns == 0 && received_ns(c, &ns) < 0) return -1;
         if (format_time(ns, c->time_buf) < 0) return -1;
         c->time_ns = ns;
@@ -695,16 +740,22 @@ static int default_time(Ctx *c, Val *v) {
     return 0;
 }
 
-static PyObject *call_view_method(Ctx *c, PyObject *holder_name, PyObject *method) {
-    PyObject *holder = holder_name == NULL ? c->view : PyObject_GetAttr(c->view, holder_name);
-    if (holder == NULL) return NULL;
-    PyObject *out = PyObject_CallMethodNoArgs(holder, method);
-    if (holder_name != NULL) Py_DECREF(holder);
-    return out;
+/* holder.slot when it is set (a view's cached value), else holder.method(): a new reference. */
+static PyObject *cached(PyObject *holder, PyObject *slot, PyObject *method) {
+    PyObject *value = PyObject_GetAttr(holder, slot);
+    if (value != Py_None) return value;
+    Py_DECREF(value);
+    return PyObject_CallMethodNoArgs(holder, method);
 }
 
 static int default_source(Ctx *c, Val *v) {
-    PyObject *source = call_view_method(c, s_res, s_default_source);
+    PyObject *res = PyObject_GetAttr(c->view, s_res);
+    if (res == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *source = cached(res, s_source_slot, s_default_source);
+    Py_DECREF(res);
     if (keep(c, source) < 0) {
         PyErr_Clear();
         return -1;
@@ -714,9 +765,54 @@ static int default_source(Ctx *c, Val *v) {
 
 static PyObject *uuid_text(const uint8_t digest[16], char *out);
 
+/* The record's hasher (view.hasher(), ids.py): the scope's, extended with the signal and the
+ * record's bytes (logs: frame(b"logs"), frame(record); metrics: the metric key, frame(point)).
+ * Made here when the view has none yet, and kept on the view for the rules that follow. */
+static PyObject *record_hasher(Ctx *c) {
+    PyObject *hasher = PyObject_GetAttr(c->view, s_hasher_slot);
+    if (hasher != Py_None) return hasher;
+    Py_DECREF(hasher);
+    PyObject *scope = PyObject_GetAttr(c->view, s_scope);
+    if (scope == NULL) return NULL;
+    PyObject *parent = cached(scope, s_hasher_slot, s_hasher);
+    Py_DECREF(scope);
+    if (parent == NULL) return NULL;
+    PyObject *prefix = c->is_logs ? NULL : PyObject_GetAttr(c->view, s_metric_key);
+    if (!PyObject_TypeCheck(parent, &HasherType) || (!c->is_logs && (prefix == NULL || !PyBytes_Check(prefix)))) {
+        Py_DECREF(parent);
+        Py_XDECREF(prefix);
+        return PyObject_CallMethodNoArgs(c->view, s_hasher); /* let Python make it */
+    }
+    HasherObject *made = PyObject_New(HasherObject, &HasherType);
+    if (made == NULL) {
+        Py_DECREF(parent);
+        Py_XDECREF(prefix);
+        return NULL;
+    }
+    made->st = ((HasherObject *)parent)->st;
+    Py_DECREF(parent);
+    uint8_t frame[8];
+    if (c->is_logs) {
+        static const uint8_t logs[12] = {4, 0, 0, 0, 0, 0, 0, 0, 'l', 'o', 'g', 's'};
+        blake2b_update(&made->st, logs, sizeof logs);
+    } else {
+        blake2b_update(&made->st, (const uint8_t *)PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
+        Py_DECREF(prefix);
+    }
+    uint64_t n = (uint64_t)c->raw_n;
+    for (int i = 0; i < 8; i++) frame[i] = (uint8_t)(n >> (8 * i));
+    blake2b_update(&made->st, frame, 8);
+    blake2b_update(&made->st, c->raw, (size_t)c->raw_n);
+    if (PyObject_SetAttr(c->view, s_hasher_slot, (PyObject *)made) < 0) {
+        Py_DECREF(made);
+        return NULL;
+    }
+    return (PyObject *)made;
+}
+
 static int default_id(Ctx *c, PyObject *rule_key, Val *v) {
     if (!c->id_done) {
-        PyObject *hasher = PyObject_CallMethodNoArgs(c->view, s_hasher);
+        PyObject *hasher = record_hasher(c);
         if (keep(c, hasher) < 0) {
             PyErr_Clear();
             return -1;
@@ -1032,44 +1128,38 @@ static int native_get(Ctx *c, int code, Val *v) {
         case G_METRIC_NAME: return metric_text(c, s_name, v);
         case G_METRIC_UNIT: return metric_text(c, s_unit, v);
         case G_METRIC_TYPE: return metric_text(c, s_metric_type, v);
+        default:
+            break;
+    }
+    if (scan(c) < 0) return -1;
+    switch (code) {
         case G_RECORD_TIME:
         case G_POINT_TIME:
         case G_POINT_START:
-            if (raw_scalar(c, code == G_RECORD_TIME ? LOG_TIME : code == G_POINT_TIME ? l->time : l->start, 1, &x, &present) < 0)
-                return -1;
+            x = fixed(c, code == G_RECORD_TIME ? LOG_TIME : code == G_POINT_TIME ? l->time : l->start, &present);
             break;
         case G_POINT_COUNT:
             if (l->count == 0) return 0;
-            if (raw_scalar(c, l->count, 1, &x, &present) < 0) return -1;
+            x = fixed(c, l->count, &present);
             if (x > (uint64_t)INT64_MAX) return -1;
             v->kind = V_INT; /* 0 is a count */
             v->i = (int64_t)x;
             return 0;
         case G_POINT_VALUE:
         case G_POINT_SUM:
-            if (l->as_double != 0) { /* a number point: its value (point.sum: none) */
-                if (code == G_POINT_SUM) return 0;
-                Reader r = {c->raw, c->raw + c->raw_n};
-                uint32_t field;
-                int wt, rc;
-                const uint8_t *val = NULL;
-                size_t len = 0;
-                uint64_t num = 0;
-                while ((rc = next_field(&r, &field, &wt, &val, &len, &num)) == 1) {
-                    if ((int)field == l->as_double || (int)field == l->as_int) {
-                        if (wt != 1) return -1;
-                        if ((int)field == l->as_double) {
-                            v->kind = V_DOUBLE;
-                            memcpy(&v->d, &num, 8);
-                        } else {
-                            v->kind = V_INT;
-                            v->i = (int64_t)num;
-                        }
-                    }
+            if (l->as_double != 0) { /* a number point: its value, the last of the oneof (point.sum: none) */
+                if (code == G_POINT_SUM || c->last_value_field == 0) return 0;
+                x = fixed(c, c->last_value_field, &present);
+                if (c->last_value_field == l->as_double) {
+                    v->kind = V_DOUBLE;
+                    memcpy(&v->d, &x, 8);
+                } else {
+                    v->kind = V_INT;
+                    v->i = (int64_t)x;
                 }
-                return rc < 0 ? -1 : 0;
+                return 0;
             }
-            if (raw_scalar(c, l->sum, 1, &x, &present) < 0) return -1;
+            x = fixed(c, l->sum, &present);
             if (present || !l->sum_optional) {
                 v->kind = V_DOUBLE;
                 memcpy(&v->d, &x, 8);
@@ -1099,12 +1189,12 @@ static int eval_read(Ctx *c, ProgramObject *prog, const ReadSpec *r, int empty, 
         const Step *s = &r->steps[i];
         switch (s->kind) {
             case S_RECORD:
-                if (ensure_record(c) < 0) return -1;
+                if (scan(c) < 0) return -1;
                 if (lookup(c->rec, c->nrec, s->key, (size_t)s->keylen, v) < 0) return -1;
                 break;
             case S_BODY:
                 if (ensure_body(c) < 0) return -1;
-                if (lookup(c->body, c->nbody, s->key, (size_t)s->keylen, v) < 0) return -1;
+                if (lookup(c->body_entries, c->nbody, s->key, (size_t)s->keylen, v) < 0) return -1;
                 break;
             case S_RESOURCE:
             case S_SCOPE: {
@@ -1303,7 +1393,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
     c.view = PyTuple_GET_ITEM(args, 0);
     c.is_logs = self->is_logs;
     c.layout = NULL;
-    c.rec_state = c.body_state = 0;
+    c.scanned = c.body_state = 0;
     c.nrec = c.nbody = 0;
     c.res_d = c.scope_d = NULL;
     c.nkeep = 0;
@@ -1315,7 +1405,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
     o.len = 0;
     o.cap = sizeof o.small;
 
-    PyObject *raw = PyObject_CallMethodNoArgs(c.view, s_raw);
+    PyObject *raw = cached(c.view, s_raw_slot, s_raw);
     if (keep(&c, raw) < 0 || !PyBytes_Check(raw)) {
         PyErr_Clear();
         goto done;
@@ -1503,7 +1593,8 @@ PyMODINIT_FUNC PyInit__native(void) {
         PyObject **slot;
         const char *text;
     } names[] = {
-        {&s_raw, "raw"},           {&s_res, "res"},
+        {&s_raw, "raw"},           {&s_raw_slot, "_raw"}, {&s_metric_key, "metric_key"},
+        {&s_hasher_slot, "_hasher"}, {&s_source_slot, "_source"},           {&s_res, "res"},
         {&s_scope, "scope"},       {&s_attrs, "attrs"},
         {&s_values, "values"},     {&s_hasher, "hasher"},
         {&s_default_source, "default_source"}, {&s_metric, "metric"},
