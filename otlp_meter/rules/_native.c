@@ -45,6 +45,16 @@ static PyObject *s_metric_key, *s_raw, *s_raw_slot, *s_hasher_slot, *s_source_sl
 #define LOG_BODY 5
 #define LOG_ATTRS 6
 
+/* Forget a failed Python call's exception (an Exception: the record is left to the Python engine,
+ * which meets it again and judges). KeyboardInterrupt, SystemExit and the like stay set, and the
+ * program call raises them. 1: one is still set. */
+static int soft_clear(void) {
+    if (PyErr_Occurred() == NULL) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return 1;
+    PyErr_Clear();
+    return 0;
+}
+
 /* ---------------------------------------------------------------- Hasher */
 
 typedef struct {
@@ -307,10 +317,9 @@ static int any_to_val(const uint8_t *p, size_t n, Val *v) {
                 v->s = (const char *)p;
                 v->n = (Py_ssize_t)n;
                 break;
-            case 8: /* string_value_strindex: no value without the profile's string table */
-                if (wt != 0) return -1;
-                v->kind = V_NONE;
-                break;
+            case 8: /* string_value_strindex: no value in versions that know it, an unknown field
+                       (the value before it stands) in those that do not: Python decides */
+                return -1;
             default: /* unknown to this version: kept aside by protobuf, no value */
                 break;
         }
@@ -434,7 +443,10 @@ static int ensure_body(Ctx *c) {
         uint64_t num = 0;
         int last = 0, kvlists = 0;
         while ((rc = next_field(&b, &field, &wt, &val, &len, &num)) == 1) {
-            if (field >= 1 && field <= 8) last = (int)field;
+            /* the oneof's last member on the wire wins; a member with another wire type is an
+               unknown field to protobuf, and changes nothing */
+            static const int member_wt[9] = {-1, 2, 0, 0, 1, 2, 2, 2, 0};
+            if (field >= 1 && field <= 8 && wt == member_wt[field]) last = (int)field;
             if (field == 6) {
                 if (wt != 2 || kvlists++) return -1;
                 kvlist = val;
@@ -458,7 +470,7 @@ static int py_to_val(PyObject *o, Val *v) {
     if (PyUnicode_CheckExact(o)) {
         v->s = PyUnicode_AsUTF8AndSize(o, &v->n);
         if (v->s == NULL) {
-            PyErr_Clear();
+            soft_clear();
             return -1;
         }
         v->kind = V_STR;
@@ -473,7 +485,7 @@ static int py_to_val(PyObject *o, Val *v) {
         int overflow = 0;
         long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
         if (x == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
+            soft_clear();
             return -1;
         }
         if (overflow) {
@@ -608,7 +620,7 @@ static int out_int(Out *o, int64_t x) {
 static int out_dumps(Out *o, PyObject *value) {
     PyObject *text = PyObject_CallOneArg(g_dumps, value);
     if (text == NULL) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     int rc = -1;
@@ -622,7 +634,7 @@ static int out_double(Out *o, double d) {
     if (!isfinite(d)) return -1; /* JSON has no NaN: the Python build rejects it */
     PyObject *f = PyFloat_FromDouble(d);
     if (f == NULL) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     int rc = out_dumps(o, f);
@@ -640,7 +652,7 @@ static int out_val(Out *o, const Val *v) {
         default: {
             PyObject *value = val_to_py(v);
             if (value == NULL) {
-                PyErr_Clear();
+                soft_clear();
                 return -1;
             }
             int rc = out_dumps(o, value);
@@ -707,13 +719,13 @@ static int format_time(uint64_t ns, char *out) {
 static int received_ns(Ctx *c, uint64_t *out) {
     PyObject *o = PyObject_GetAttr(c->view, s_received_ns);
     if (o == NULL) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     unsigned long long x = PyLong_AsUnsignedLongLong(o);
     Py_DECREF(o);
     if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     *out = x;
@@ -751,13 +763,13 @@ static PyObject *cached(PyObject *holder, PyObject *slot, PyObject *method) {
 static int default_source(Ctx *c, Val *v) {
     PyObject *res = PyObject_GetAttr(c->view, s_res);
     if (res == NULL) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     PyObject *source = cached(res, s_source_slot, s_default_source);
     Py_DECREF(res);
     if (keep(c, source) < 0) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     return py_to_val(source, v);
@@ -781,6 +793,7 @@ static PyObject *record_hasher(Ctx *c) {
     if (!PyObject_TypeCheck(parent, &HasherType) || (!c->is_logs && (prefix == NULL || !PyBytes_Check(prefix)))) {
         Py_DECREF(parent);
         Py_XDECREF(prefix);
+        if (soft_clear()) return NULL;
         return PyObject_CallMethodNoArgs(c->view, s_hasher); /* let Python make it */
     }
     HasherObject *made = PyObject_New(HasherObject, &HasherType);
@@ -814,7 +827,7 @@ static int default_id(Ctx *c, PyObject *rule_key, Val *v) {
     if (!c->id_done) {
         PyObject *hasher = record_hasher(c);
         if (keep(c, hasher) < 0) {
-            PyErr_Clear();
+            soft_clear();
             return -1;
         }
         if (!PyObject_TypeCheck(hasher, &HasherType) || ((HasherObject *)hasher)->st.outlen != 16) return -1;
@@ -1016,6 +1029,7 @@ static PyObject *Program_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_INCREF(spec);
     self->spec = spec;
     self->is_logs = PyObject_IsTrue(PyTuple_GET_ITEM(spec, 0));
+    if (self->is_logs < 0) goto fail;
     PyObject *conds = PyTuple_GET_ITEM(spec, 1), *head = PyTuple_GET_ITEM(spec, 2),
              *data = PyTuple_GET_ITEM(spec, 3), *rule_key = PyTuple_GET_ITEM(spec, 5);
     if (!PyTuple_Check(conds) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 || !PyTuple_Check(data) ||
@@ -1203,13 +1217,13 @@ static int eval_read(Ctx *c, ProgramObject *prog, const ReadSpec *r, int empty, 
                     *d = attr_dict(c, s->kind == S_RESOURCE ? s_res : s_scope);
                     if (keep(c, *d) < 0) {
                         *d = NULL;
-                        PyErr_Clear();
+                        soft_clear();
                         return -1;
                     }
                 }
                 PyObject *x = PyDict_GetItemWithError(*d, s->arg);
                 if (x == NULL && PyErr_Occurred()) {
-                    PyErr_Clear();
+                    soft_clear();
                     return -1;
                 }
                 if (py_to_val(x, v) < 0) return -1;
@@ -1221,7 +1235,7 @@ static int eval_read(Ctx *c, ProgramObject *prog, const ReadSpec *r, int empty, 
             case S_PYGET: {
                 PyObject *x = PyObject_CallOneArg(s->arg, c->view);
                 if (keep(c, x) < 0) {
-                    PyErr_Clear();
+                    soft_clear();
                     return -1;
                 }
                 if (py_to_val(x, v) < 0) return -1;
@@ -1267,18 +1281,18 @@ static int eval_cond(Ctx *c, ProgramObject *prog, const Cond *cond) {
         default: {
             PyObject *x = val_to_py(&v);
             if (x == NULL) {
-                PyErr_Clear();
+                soft_clear();
                 return -1;
             }
             PyObject *result = PyObject_CallOneArg(cond->arg, x);
             Py_DECREF(x);
             if (result == NULL) {
-                PyErr_Clear();
+                soft_clear();
                 return -1;
             }
             int truth = PyObject_IsTrue(result);
             Py_DECREF(result);
-            if (truth < 0) PyErr_Clear();
+            if (truth < 0) soft_clear();
             return truth;
         }
     }
@@ -1309,7 +1323,9 @@ static int convert(Ctx *c, const Field *f, Val *v) {
                 if (whole_double_as_int(v->d, &i) == 0) {
                     v->kind = V_INT;
                     v->i = i;
+                    return 0;
                 }
+                if (v->d == floor(v->d)) break; /* whole, beyond int64: an int up to 2^64 - 1 in Python */
                 return 0;
             }
             break;
@@ -1330,13 +1346,13 @@ static int convert(Ctx *c, const Field *f, Val *v) {
     if (convert_fn == NULL || convert_fn == Py_None) return -1;
     PyObject *x = val_to_py(v);
     if (x == NULL) {
-        PyErr_Clear();
+        soft_clear();
         return -1;
     }
     PyObject *result = PyObject_CallOneArg(convert_fn, x);
     Py_DECREF(x);
     if (keep(c, result) < 0) {
-        PyErr_Clear(); /* a ValueError: the Python build rejects the record, with its reason */
+        soft_clear(); /* a ValueError: the Python build rejects the record, with its reason */
         return -1;
     }
     return py_to_val(result, v) < 0 || v->kind == V_NONE ? -1 : 0;
@@ -1407,7 +1423,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
 
     PyObject *raw = cached(c.view, s_raw_slot, s_raw);
     if (keep(&c, raw) < 0 || !PyBytes_Check(raw)) {
-        PyErr_Clear();
+        soft_clear();
         goto done;
     }
     c.raw = (const uint8_t *)PyBytes_AS_STRING(raw);
@@ -1415,7 +1431,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
     if (!c.is_logs) {
         PyObject *point = PyObject_GetAttr(c.view, s_point);
         if (point == NULL) {
-            PyErr_Clear();
+            soft_clear();
             goto done;
         }
         for (int i = 0; i < g_npoints; i++)
@@ -1475,13 +1491,13 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
         PyObject *ms = text == NULL ? NULL : PyObject_CallOneArg(g_time_millis, text);
         Py_XDECREF(text);
         if (ms == NULL) {
-            PyErr_Clear();
+            soft_clear();
             goto done;
         }
         time_ms = PyLong_AsLongLong(ms);
         Py_DECREF(ms);
         if (time_ms == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
+            soft_clear();
             goto done;
         }
     }
@@ -1495,7 +1511,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
         Py_XDECREF(payload);
         Py_XDECREF(ms);
         Py_XDECREF(event);
-        PyErr_Clear();
+        soft_clear();
         goto done;
     }
     PyTuple_SET_ITEM(event, 0, source);
@@ -1510,7 +1526,7 @@ static PyObject *Program_call(ProgramObject *self, PyObject *args, PyObject *kwd
 done:
     for (int i = 0; i < c.nkeep; i++) Py_DECREF(c.keep[i]);
     if (o.buf != o.small) PyMem_Free(o.buf);
-    if (PyErr_Occurred()) PyErr_Clear();
+    if (soft_clear()) return NULL; /* KeyboardInterrupt and the like: raised */
     Py_INCREF(result);
     return result;
 }

@@ -161,5 +161,8 @@ def program(
         )
     except _Unsupported:
         return None
-    made: Program = module.Program(spec)
+    try:
+        made: Program = module.Program(spec)
+    except UnicodeEncodeError:  # a key or text with a lone surrogate: Python compares it as it is
+        return None
     return made

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
@@ -327,20 +328,47 @@ bodies = st.one_of(
 )
 
 
+# Fields protobuf keeps aside as unknown (a known number with another wire type, an unknown number,
+# string_value_strindex), appended to AnyValues: a sender's newer or odd encoder.
+odd_tails = st.sampled_from(
+    [
+        b"",
+        b"",
+        b"\x08\x01",
+        b"\x12\x00",
+        b"\x21\x00\x00\x00\x00\x00\x00\xf0\x3f",
+        b"\x4a\x00",
+        b"\x40\x05",
+        b"\x1a\x00",
+    ]
+)
+
+
+def with_tail(value: AnyValue, tail: bytes) -> AnyValue:
+    return AnyValue.FromString(value.SerializeToString() + tail)
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     st.lists(st.tuples(attribute_lists, bodies, times, times), min_size=1, max_size=4),
     maps,
     maps,
     st.sampled_from(["lib", "other", ""]),
+    st.lists(odd_tails, min_size=2, max_size=2),
 )
 def test_logs_map_the_same_in_c_and_in_python(
     records: list[tuple[list[tuple[str, Any]], Any, int, int]],
     resource: dict[str, Any],
     scope_attrs: dict[str, Any],
     scope_name: str,
+    tails: list[bytes],
 ) -> None:
     request = log_request(records, resource, scope_attrs, scope_name)
+    for record in request.resource_logs[0].scope_logs[0].log_records:
+        if record.HasField("body"):
+            record.body.CopyFrom(with_tail(record.body, tails[0]))
+        for kv in record.attributes:
+            kv.value.CopyFrom(with_tail(kv.value, tails[1]))
     assert outcome(LOGS_FAST.map_logs(request, RECEIVED)) == outcome(LOGS_SLOW.map_logs(request, RECEIVED))
 
 
@@ -418,6 +446,54 @@ def test_cumulative_points_map_the_same_in_c_and_in_python() -> None:
         fast = METRICS_FAST.map_metrics(request, RECEIVED, fast_states)
         assert len(fast.events) == 6  # both rules, every point
         assert outcome(fast) == outcome(METRICS_SLOW.map_metrics(request, RECEIVED, slow_states))
+
+
+def same_in_c_and_python(rules: list[dict[str, Any]], request: ExportLogsServiceRequest) -> MappingResult:
+    fast, slow = engines(rules)
+    result = fast.map_logs(request, RECEIVED)
+    assert outcome(result) == outcome(slow.map_logs(request, RECEIVED))
+    return result
+
+
+@pytest.mark.parametrize("value", [2.0**63, 1e19, 2.0**64 - 2048])
+def test_a_whole_number_beyond_int64_is_still_an_int(value: float) -> None:
+    """``as: number`` makes an int of any whole value up to 2^64 - 1; C's int64 stops earlier."""
+    rules = [
+        rule(
+            "r", event={"type": "t", "subject": "s", "data": {"v": {"path": "attributes.n", "as": "number"}}}
+        )
+    ]
+    result = same_in_c_and_python(rules, log_request([([("n", value)], None, T0, 0)], {}, {}, "lib"))
+    assert orjson.loads(result.events[0].payload)["data"]["v"] == int(value)
+
+
+def test_a_map_body_with_a_field_protobuf_set_aside_is_still_a_map() -> None:
+    """A known AnyValue field with another wire type after the kvlist is unknown to protobuf: the
+    body is still the map (found by the record.body.<key> paths)."""
+    kvlist = KeyValueList(values=kvs([("user", "alice")])).SerializeToString()
+    body = AnyValue.FromString(b"\x32" + bytes([len(kvlist)]) + kvlist + b"\x08\x01")  # field 1 as a varint
+    assert body.WhichOneof("value") == "kvlist_value"
+    request = log_request([([("k", "x")], None, T0, 0)], {}, {}, "lib")
+    request.resource_logs[0].scope_logs[0].log_records[0].body.CopyFrom(body)
+    rules = [
+        rule(
+            "r",
+            continue_=True,
+            match={"where": [{"path": "attributes.k", "exists": True}]},
+            event={
+                "type": "t",
+                "subject": "s",
+                "data": {"user": {"path": "record.body.user", "optional": True}},
+            },
+        ),
+        rule(
+            "c",
+            match={"where": [{"path": "record.body.user", "exists": True}]},
+            event={"type": "t", "subject": "s"},
+        ),
+    ]
+    result = same_in_c_and_python(rules, request)
+    assert [orjson.loads(e.payload)["data"] for e in result.events] == [{"user": "alice"}, {}]
 
 
 # --- the pieces ----------------------------------------------------------------------------------
