@@ -19,7 +19,7 @@ RUN python -m venv "$VENV"
 # Dependencies first (their layer is reused until requirements.txt changes); wheels only, no compiler.
 COPY requirements.txt ./
 RUN "$VENV/bin/pip" install --no-cache-dir --only-binary=:all: --requirement requirements.txt
-# A C compiler for the rules engine's optional extension (otlp_meter/rules/_native.c; this stage only:
+# A C compiler for the rules engine's optional extension (otlp_meter/_native.c; this stage only:
 # the runtime stage gets the built wheel's venv, not the compiler). Without one it runs in Python.
 RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*)

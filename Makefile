@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py otlp_meter/rules/_native.c otlp_meter/rules/_blake2b.h
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml setup.py otlp_meter/_native.c otlp_meter/_blake2b.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The whole suite with the C extension (otlp_meter/rules/_native.c), then what it speeds up again
+# The whole suite with the C extension (otlp_meter/_native.c), then what it speeds up again
 # in pure Python (OTLP_METER_NATIVE=0): the rules and the pipeline must behave the same either way.
 unit: $(STAMP)
 	$(BIN)/pytest -q

@@ -53,7 +53,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     NumberDataPoint,
 )
 
-from otlp_meter.rules import ids, native
+from otlp_meter import native
+from otlp_meter.rules import ids
 from otlp_meter.rules.attributes import attribute_list, key_of
 from otlp_meter.rules.views import ScopeState
 

@@ -24,7 +24,7 @@ from typing import Protocol
 from google.protobuf.message import Message
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from otlp_meter.rules import native
+from otlp_meter import native
 
 _PERSON = b"otlp-meter.id.v1"  # BLAKE2b personalization, exactly 16 bytes
 

@@ -8,7 +8,7 @@ Python build makes — or ``None``: anything off the common path (a missing requ
 to reject, NaN, a conversion it does not make itself), for which the engine runs the Python
 ``match`` and ``build``. So the two never disagree: C either makes the same event or defers.
 
-Whether the extension is used is decided in :mod:`otlp_meter.rules.native`.
+Whether the extension is used is decided in :mod:`otlp_meter.native`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Literal
 import orjson
 
 from otlp_meter.events import EncodedEvent
-from otlp_meter.rules import attributes, native
+from otlp_meter import native
+from otlp_meter.rules import attributes
 from otlp_meter.rules.codegen import ConditionPlan, FieldPlan, Read
 from otlp_meter.rules.paths import RuleSignal, parse_path
 from otlp_meter.rules.values import as_float, as_int, as_number, as_string, event_string, time_millis

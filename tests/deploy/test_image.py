@@ -137,7 +137,7 @@ def test_the_wheel_carries_the_rule_packs(image: Image) -> None:
 def test_the_image_runs_the_rules_in_c(image: Image) -> None:
     """The build stage has a compiler (installed when the base image lacks one): the wheel carries
     the rules engine's C extension, and the service uses it."""
-    probe = "import otlp_meter.rules.native as n; print(n.module.__file__ if n.available() else '')"
+    probe = "import otlp_meter.native as n; print(n.module.__file__ if n.available() else '')"
     result = subprocess.run(
         [str(image.venv / "bin" / "python"), "-c", probe],
         env=image.env,

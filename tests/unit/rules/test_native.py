@@ -29,14 +29,15 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from otlp_meter.events import format_time
-from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine, ids, native
+from otlp_meter import native
+from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine, ids
 from otlp_meter.rules.ids import format_uuid8
 from otlp_meter.rules.views import LogView, PointView, RecordView, ResourceState, ScopeState
 from tests.unit.rules.otlp import RECEIVED, T0, any_value, rule
 
 if native.module is None:
     if os.environ.get("CI") == "true":
-        raise RuntimeError("the C extension otlp_meter.rules._native is not built (CI has a compiler)")
+        raise RuntimeError("the C extension otlp_meter._native is not built (CI has a compiler)")
     pytest.skip(
         "the C extension is not built here (no C compiler?): nothing to compare", allow_module_level=True
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 module: ModuleType | None
 try:
-    from otlp_meter.rules import _native as module
+    from otlp_meter import _native as module
 except ImportError:  # built without a C compiler: pure Python
     module = None
 

@@ -1,4 +1,4 @@
-/* otlp_meter.rules._native: the rules engine's hot path in C, with the Python engine as fallback.
+/* otlp_meter._native: the rules engine's hot path in C, with the Python engine as fallback.
  *
  * A Program is one compiled rule (see native.py for the spec it is built from). Called with a
  * record's view, it evaluates the rule's conditions and builds the event's JSON straight from the
@@ -145,7 +145,7 @@ static PyGetSetDef Hasher_getset[] = {
 };
 
 static PyTypeObject HasherType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otlp_meter.rules._native.Hasher",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otlp_meter._native.Hasher",
     .tp_basicsize = sizeof(HasherObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "BLAKE2b as hashlib.blake2b(data, digest_size=, person=) computes it.",
@@ -1532,7 +1532,7 @@ done:
 }
 
 static PyTypeObject ProgramType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otlp_meter.rules._native.Program",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "otlp_meter._native.Program",
     .tp_basicsize = sizeof(ProgramObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One rule compiled for C: Program(spec)(view) -> False | EncodedEvent | None.",
