@@ -23,12 +23,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The whole suite with the C extension (otlp_meter/_native.c), then what it speeds up again
-# in pure Python (OTLP_METER_NATIVE=0): the rules and the pipeline must behave the same either way.
+# The whole suite with the C extension (otlp_meter/_native.c), then what it speeds up again in
+# pure Python (OTLP_METER_NATIVE=0): the rules, the queue and the pipeline behave the same either way.
 unit: $(STAMP)
 	$(BIN)/pytest -q
-	OTLP_METER_NATIVE=0 $(BIN)/pytest -q tests/unit/rules tests/unit/test_pipeline.py tests/unit/test_pipeline_cumulative.py \
-		--ignore=tests/unit/rules/test_native.py
+	OTLP_METER_NATIVE=0 $(BIN)/pytest -q tests/unit/rules tests/unit/queue tests/unit/test_pipeline.py \
+		tests/unit/test_pipeline_cumulative.py --ignore=tests/unit/rules/test_native.py \
+		--ignore=tests/unit/queue/test_codec_native.py
 
 test: lint typecheck unit
 

@@ -1591,7 +1591,73 @@ static PyObject *py_uuid8(PyObject *module, PyObject *arg) {
     return PyUnicode_FromStringAndSize(text, 36);
 }
 
+/* dedupe_keys(events, time_bytes, hash_bytes): codec.event_dedupe_keys in one call. Each event's
+ * key: its time_ms (clamped to 0 .. 2^(8 time_bytes) - 1), big-endian in time_bytes, then the first
+ * hash_bytes of BLAKE2b-128(b"E" + len(source) as 4 bytes big-endian + source + id), UTF-8. */
+static PyObject *py_dedupe_keys(PyObject *module, PyObject *args) {
+    PyObject *events;
+    int time_bytes, hash_bytes;
+    if (!PyArg_ParseTuple(args, "Oii", &events, &time_bytes, &hash_bytes)) return NULL;
+    if (time_bytes < 1 || time_bytes > 7 || hash_bytes < 1 || hash_bytes > 16)
+        return PyErr_Format(PyExc_ValueError, "time_bytes 1..7, hash_bytes 1..16");
+    PyObject *seq = PySequence_Fast(events, "events must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    const long long top = (1LL << (8 * time_bytes)) - 1;
+    blake2b_state empty;
+    blake2b_init(&empty, 16, NULL);
+    PyObject *last_source = NULL;
+    blake2b_state with_source = empty;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *event = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 4) {
+            PyErr_SetString(PyExc_TypeError, "events must be EncodedEvents");
+            goto fail;
+        }
+        PyObject *source = PyTuple_GET_ITEM(event, 0), *id = PyTuple_GET_ITEM(event, 1);
+        Py_ssize_t id_n;
+        const char *id_s = PyUnicode_AsUTF8AndSize(id, &id_n);
+        if (id_s == NULL) goto fail;
+        if (source != last_source) { /* a request's events mostly share one source */
+            Py_ssize_t src_n;
+            const char *src_s = PyUnicode_AsUTF8AndSize(source, &src_n);
+            if (src_s == NULL) goto fail;
+            uint8_t head[5] = {'E', (uint8_t)(src_n >> 24), (uint8_t)(src_n >> 16), (uint8_t)(src_n >> 8), (uint8_t)src_n};
+            with_source = empty;
+            blake2b_update(&with_source, head, 5);
+            blake2b_update(&with_source, (const uint8_t *)src_s, (size_t)src_n);
+            last_source = source;
+        }
+        int overflow = 0;
+        long long ms = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(event, 3), &overflow);
+        if (ms == -1 && PyErr_Occurred()) goto fail;
+        if (overflow > 0 || ms > top) ms = top;
+        if (overflow < 0 || ms < 0) ms = 0;
+        blake2b_state st = with_source;
+        blake2b_update(&st, (const uint8_t *)id_s, (size_t)id_n);
+        uint8_t key[23], digest[16];
+        blake2b_final(&st, digest);
+        for (int b = 0; b < time_bytes; b++) key[b] = (uint8_t)(ms >> (8 * (time_bytes - 1 - b)));
+        memcpy(key + time_bytes, digest, (size_t)hash_bytes);
+        PyObject *k = PyBytes_FromStringAndSize((const char *)key, time_bytes + hash_bytes);
+        if (k == NULL) goto fail;
+        PyList_SET_ITEM(out, i, k);
+    }
+    Py_DECREF(seq);
+    return out;
+fail:
+    Py_DECREF(seq);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
+    {"dedupe_keys", py_dedupe_keys, METH_VARARGS, "codec.event_dedupe_keys, in C."},
     {"setup", setup, METH_VARARGS, "Tell the module the point types and the Python helpers it defers to."},
     {"format_time", py_format_time, METH_O, "Unix ns -> events.format_time's text."},
     {"uuid8", py_uuid8, METH_O, "16 bytes -> ids.format_uuid8's text."},

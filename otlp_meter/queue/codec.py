@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import orjson
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 
+from otlp_meter import native
 from otlp_meter.events import EncodedEvent, Rejection, Signal
 from otlp_meter.queue.proto import record_pb2
 
@@ -141,9 +142,17 @@ def _time_prefix(time_ms: int) -> bytes:
     return time_ms.to_bytes(DEDUPE_TIME_BYTES, "big")
 
 
-def event_dedupe_keys(events: Iterable[EncodedEvent]) -> list[bytes]:
-    """:func:`event_dedupe_key` of each event, in order (the prefix hashed for a source is built
-    once per call: a request's events mostly share a few sources)."""
+def event_dedupe_keys(events: Sequence[EncodedEvent]) -> list[bytes]:
+    """:func:`event_dedupe_key` of each event, in order (in C when the extension is available)."""
+    if native.module is not None and native.available():
+        keys: list[bytes] = native.module.dedupe_keys(events, DEDUPE_TIME_BYTES, DEDUPE_HASH_BYTES)
+        return keys
+    return python_event_dedupe_keys(events)
+
+
+def python_event_dedupe_keys(events: Iterable[EncodedEvent]) -> list[bytes]:
+    """:func:`event_dedupe_keys` in Python (the prefix hashed for a source is built once per call: a
+    request's events mostly share a few sources)."""
     prefixes: dict[str, bytes] = {}
     blake2b = hashlib.blake2b
     size, top = DEDUPE_HASH_BYTES, MAX_DEDUPE_MS

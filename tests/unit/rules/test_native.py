@@ -28,8 +28,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValu
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
-from otlp_meter.events import format_time
 from otlp_meter import native
+from otlp_meter.events import format_time
 from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine, ids
 from otlp_meter.rules.ids import format_uuid8
 from otlp_meter.rules.views import LogView, PointView, RecordView, ResourceState, ScopeState
