@@ -8,6 +8,7 @@ the accounting identities hold at every commit.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 
@@ -85,14 +86,21 @@ class Group:
         """``keys`` sorted without repeats, and those of them remembered with an expiry after now
         (copies within the window; keys remembered earlier in this transaction included).
 
-        One sorted ``getmulti`` instead of a ``get`` per key: the B-tree is walked in key order and
-        the loop runs in C (py-lmdb still releases the GIL around each key's lookup).
+        Only keys up to the largest stored one can be stored: event keys start with the event's
+        time, so a request of fresh events is mostly past it and needs no lookup at all. The rest
+        in one sorted ``getmulti`` (the B-tree walked in key order, the loop in C).
         """
         wanted = sorted(set(keys))
         if not wanted:
             return wanted, set()
+        cursor = self._dedupe()
+        if not cursor.last():
+            return wanted, set()  # nothing remembered
+        candidates = wanted[: bisect.bisect_right(wanted, cursor.key())]
+        if not candidates:
+            return wanted, set()
         now, decode = self.now_ns, codec.decode_expiry
-        found = self._dedupe().getmulti(wanted)
+        found = cursor.getmulti(candidates)
         return wanted, {key for key, value in found if decode(value) > now}
 
     def _legacy_keys_left(self, until: int) -> bool:
@@ -247,16 +255,28 @@ class Group:
     def remember(self, keys: Sequence[bytes], *, ordered: bool = False) -> None:
         """Record dedupe keys until the end of the window (replacing expired entries).
 
-        One ``putmulti`` in key order (``ordered``: they are sorted already); the expiry index gets
-        the keys at :meth:`finish`, in a few entries for the whole transaction. An older index
-        entry that still names a key is left alone: pruning it finds the key's later expiry in
-        ``dedupe`` and keeps the key.
+        One ``putmulti`` in key order (``ordered``: they are sorted already); the keys past the
+        largest stored one (fresh events' keys, which start with their time) are appended at the
+        B-tree's right edge without a search. The expiry index gets the keys at :meth:`finish`, in
+        a few entries for the whole transaction. An older index entry that still names a key is
+        left alone: pruning it finds the key's later expiry in ``dedupe`` and keeps the key.
         """
         if not keys:
             return
         if not ordered:
             keys = sorted(keys)
-        self._dedupe().putmulti(zip(keys, repeat(codec.encode_expiry(self.dedupe_expiry_ns))))
+        cursor = self._dedupe()
+        value = codec.encode_expiry(self.dedupe_expiry_ns)
+        split = bisect.bisect_right(keys, cursor.key()) if cursor.last() else 0
+        if split:
+            cursor.putmulti(zip(keys[:split], repeat(value)))
+        if split < len(keys):
+            appended = keys[split:] if split else keys
+            # Sorted and past every stored key; a key listed twice is one put (MDB_APPEND refuses
+            # a key not greater than the last, so repeats go through a plain put).
+            _consumed, added = cursor.putmulti(zip(appended, repeat(value)), append=True)
+            if added != len(appended):
+                cursor.putmulti(zip(appended, repeat(value)))
         self._remembered.extend(keys)
 
     def _dedupe(self) -> lmdb.Cursor[bytes]:

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import orjson
 
-from otlp_meter.events import EncodedEvent
 from otlp_meter import native
+from otlp_meter.events import EncodedEvent
 from otlp_meter.rules import attributes
 from otlp_meter.rules.codegen import ConditionPlan, FieldPlan, Read
 from otlp_meter.rules.paths import RuleSignal, parse_path

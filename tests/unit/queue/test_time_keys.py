@@ -77,6 +77,17 @@ async def test_copies_with_the_same_time_are_dropped_within_and_across_commits_a
     assert balanced(reopened.stats()).deduplicated == 8
 
 
+async def test_late_and_early_events_among_fresh_ones_are_still_caught(queue: LmdbQueue) -> None:
+    """Keys past the largest stored one are taken as new without a lookup and appended at the
+    B-tree's edge: copies older than it, or repeated within a request, must still be found."""
+    await queue.append([timed(n) for n in (10, 20, 30)])
+    result = await queue.append([timed(5), timed(20), timed(25), timed(40), timed(40), timed(10)])
+    assert result == AppendResult(appended=3, deduplicated=3, dead_lettered=0)  # 5, 25, 40
+    assert (await queue.append([timed(n) for n in (5, 25, 40, 50)])).deduplicated == 3
+    times = [int.from_bytes(key[:6], "big") for key in dedupe_keys(queue)]
+    assert times == [T0 + 10 * n for n in (5, 10, 20, 25, 30, 40, 50)]
+
+
 async def test_a_copy_with_another_time_is_not_the_collectors_to_catch(queue: LmdbQueue) -> None:
     # Documented: OpenMeter's own deduplication by (source, id) drops the second one.
     await queue.append([event(1, time_ms=T0)])
