@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from otlp_meter import __version__
+from otlp_meter import __version__, native
 from otlp_meter.telemetry import spec
 from otlp_meter.telemetry.collectors import AliasCollector, QueueCollector, SourceMetrics
 from otlp_meter.telemetry.peers import PeerMetrics, Shape, Snapshot, WithPeers
@@ -148,7 +148,7 @@ class Metrics:
         # Process
         self.workers = _gauge(spec.WORKERS, r)
         self.worker_exits = _counter(spec.WORKER_EXITS, r)
-        _gauge(spec.BUILD_INFO, r).labels(__version__).set(1)
+        _gauge(spec.BUILD_INFO, r).labels(__version__, str(native.available()).lower()).set(1)
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

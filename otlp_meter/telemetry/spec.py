@@ -328,7 +328,12 @@ WORKERS = _gauge(
 WORKER_EXITS = _counter(
     "worker_exits_total", (), "Intake worker processes that exited while the service ran (each is restarted)."
 )
-BUILD_INFO = _gauge("build_info", ("version",), "Always 1; the version label names the running otlp-meter.")
+BUILD_INFO = _gauge(
+    "build_info",
+    ("version", "native"),
+    "Always 1; version names the running otlp-meter, native whether its C extension is used (true) "
+    "or pure Python runs (false: no C compiler at install, or OTLP_METER_NATIVE=0).",
+)
 # Declared by prometheus_client's ProcessCollector and PlatformCollector; listed to be documented.
 PROCESS = _declare_all(
     MetricSpec(

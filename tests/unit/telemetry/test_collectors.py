@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from otlp_meter import native
 from otlp_meter.queue import LmdbQueue, QueueConfig
 from otlp_meter.sources.base import SourceObserver
 from otlp_meter.telemetry.metrics import Metrics
@@ -205,3 +206,4 @@ def test_process_metrics_and_the_build_are_exposed() -> None:
     [build] = [m for m in metrics.registry.collect() if m.name == "otlp_meter_build_info"]
     assert build.samples[0].value == 1
     assert build.samples[0].labels["version"]
+    assert build.samples[0].labels["native"] == str(native.available()).lower()
