@@ -21,6 +21,8 @@ COPY requirements.txt ./
 RUN "$VENV/bin/pip" install --no-cache-dir --only-binary=:all: --requirement requirements.txt
 # A C compiler for the rules engine's optional extension (otlp_meter/_native.c; this stage only:
 # the runtime stage gets the built wheel's venv, not the compiler). Without one it runs in Python.
+# Unpinned on purpose: whatever gcc the base image's Debian release has; it only builds the wheel.
+# hadolint ignore=DL3008
 RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*)
 COPY pyproject.toml setup.py README.md ./

@@ -1591,6 +1591,141 @@ static PyObject *py_uuid8(PyObject *module, PyObject *arg) {
     return PyUnicode_FromStringAndSize(text, 36);
 }
 
+/* delta.stream_key's sort key of a serialized KeyValue (attributes.key_of): its key when the first
+ * field is the key (tag 1, length-delimited), else the empty key. -1: truncated. */
+static int kv_sort_key(const uint8_t *kv, size_t n, const uint8_t **key, size_t *key_n) {
+    *key = kv;
+    *key_n = 0;
+    if (n == 0 || kv[0] != 0x0A) return 0;
+    Reader r = {kv + 1, kv + n};
+    uint64_t len;
+    if (read_varint(&r, &len) < 0) return -1;
+    size_t left = (size_t)(r.end - r.p);
+    *key = r.p;
+    *key_n = len < left ? (size_t)len : left; /* a slice past the end stops at it */
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *kv, *key;
+    size_t kv_n, key_n;
+    Py_ssize_t order;
+} StreamAttr;
+
+static int stream_attr_cmp(const void *a, const void *b) {
+    const StreamAttr *x = a, *y = b;
+    size_t n = x->key_n < y->key_n ? x->key_n : y->key_n;
+    int c = memcmp(x->key, y->key, n);
+    if (c != 0) return c;
+    if (x->key_n != y->key_n) return x->key_n < y->key_n ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order; /* stable, as sorted() is */
+}
+
+/* stream_key(metric_hasher, point_bytes, attributes_number, prefix) -> (key, attributes) | None:
+ * delta.point_attributes and delta.stream_key in one pass. key: prefix + the digest of the hasher
+ * fed each attribute KeyValue (framed: 8-byte little-endian length, bytes) in key order;
+ * attributes: the point's attribute field alone, serialized. None: leave it to Python. */
+static PyObject *py_stream_key(PyObject *module, PyObject *args) {
+    PyObject *hasher;
+    Py_buffer point, prefix;
+    int number;
+    if (!PyArg_ParseTuple(args, "O!y*iy*", &HasherType, &hasher, &point, &number, &prefix)) return NULL;
+    PyObject *result = NULL;
+    StreamAttr small[32], *attrs = small;
+    Py_ssize_t count = 0, cap = 32;
+    const uint8_t *p = point.buf, *end = p + point.len;
+    Reader r = {p, end};
+    size_t attrs_len = 0;
+    while (r.p < end) {
+        const uint8_t *start = r.p, *val = NULL;
+        uint32_t field;
+        int wt, rc;
+        size_t len = 0;
+        uint64_t num = 0;
+        rc = next_field(&r, &field, &wt, &val, &len, &num);
+        if (rc < 0) goto defer;
+        if (rc == 0) break;
+        if ((int)field != number || wt != 2) continue;
+        if (count == cap) {
+            StreamAttr *grown = PyMem_Malloc(sizeof(StreamAttr) * (size_t)cap * 2);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto out;
+            }
+            memcpy(grown, attrs, sizeof(StreamAttr) * (size_t)count);
+            if (attrs != small) PyMem_Free(attrs);
+            attrs = grown;
+            cap *= 2;
+        }
+        StreamAttr *a = &attrs[count];
+        a->kv = val;
+        a->kv_n = len;
+        a->order = count;
+        if (kv_sort_key(val, len, &a->key, &a->key_n) < 0) goto defer;
+        count++;
+        attrs_len += (size_t)(r.p - start);
+        (void)start;
+    }
+    {
+        /* the attribute field alone: each entry's tag, length and bytes, as they came (canonical) */
+        PyObject *field_bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)attrs_len);
+        if (field_bytes == NULL) goto out;
+        char *w = PyBytes_AS_STRING(field_bytes);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            /* re-encode tag and length: the same bytes a serializer writes */
+            uint8_t head[20];
+            size_t h = 0;
+            uint64_t tag = ((uint64_t)number << 3) | 2, len = attrs[i].kv_n;
+            do {
+                head[h++] = (uint8_t)((tag & 0x7F) | (tag > 0x7F ? 0x80 : 0));
+                tag >>= 7;
+            } while (tag);
+            do {
+                head[h++] = (uint8_t)((len & 0x7F) | (len > 0x7F ? 0x80 : 0));
+                len >>= 7;
+            } while (len);
+            memcpy(w, head, h);
+            w += h;
+            memcpy(w, attrs[i].kv, attrs[i].kv_n);
+            w += attrs[i].kv_n;
+        }
+        if ((size_t)(w - PyBytes_AS_STRING(field_bytes)) != attrs_len) { /* not canonical: Python decides */
+            Py_DECREF(field_bytes);
+            goto defer;
+        }
+        qsort(attrs, (size_t)count, sizeof(StreamAttr), stream_attr_cmp);
+        blake2b_state st = ((HasherObject *)hasher)->st;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            uint8_t frame[8];
+            uint64_t n = attrs[i].kv_n;
+            for (int b = 0; b < 8; b++) frame[b] = (uint8_t)(n >> (8 * b));
+            blake2b_update(&st, frame, 8);
+            blake2b_update(&st, attrs[i].kv, attrs[i].kv_n);
+        }
+        uint8_t digest[64];
+        blake2b_final(&st, digest);
+        PyObject *key = PyBytes_FromStringAndSize(NULL, prefix.len + (Py_ssize_t)st.outlen);
+        if (key == NULL) {
+            Py_DECREF(field_bytes);
+            goto out;
+        }
+        memcpy(PyBytes_AS_STRING(key), prefix.buf, (size_t)prefix.len);
+        memcpy(PyBytes_AS_STRING(key) + prefix.len, digest, st.outlen);
+        result = PyTuple_Pack(2, key, field_bytes);
+        Py_DECREF(key);
+        Py_DECREF(field_bytes);
+        goto out;
+    }
+defer:
+    Py_INCREF(Py_None);
+    result = Py_None;
+out:
+    if (attrs != small) PyMem_Free(attrs);
+    PyBuffer_Release(&point);
+    PyBuffer_Release(&prefix);
+    return result;
+}
+
 /* dedupe_keys(events, time_bytes, hash_bytes): codec.event_dedupe_keys in one call. Each event's
  * key: its time_ms (clamped to 0 .. 2^(8 time_bytes) - 1), big-endian in time_bytes, then the first
  * hash_bytes of BLAKE2b-128(b"E" + len(source) as 4 bytes big-endian + source + id), UTF-8. */
@@ -1658,6 +1793,7 @@ fail:
 
 static PyMethodDef module_methods[] = {
     {"dedupe_keys", py_dedupe_keys, METH_VARARGS, "codec.event_dedupe_keys, in C."},
+    {"stream_key", py_stream_key, METH_VARARGS, "delta.point_attributes + delta.stream_key, in C."},
     {"setup", setup, METH_VARARGS, "Tell the module the point types and the Python helpers it defers to."},
     {"format_time", py_format_time, METH_O, "Unix ns -> events.format_time's text."},
     {"uuid8", py_uuid8, METH_O, "16 bytes -> ids.format_uuid8's text."},

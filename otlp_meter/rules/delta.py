@@ -346,6 +346,27 @@ def metric_hasher(scope: ScopeState, metric: Metric, metric_type: str) -> ids.Ha
     return hasher
 
 
+_ATTRIBUTES = {
+    cls: cls.DESCRIPTOR.fields_by_name["attributes"].number
+    for cls in (NumberDataPoint, HistogramDataPoint, ExponentialHistogramDataPoint)
+}
+
+
+def stream(metric: ids.Hasher, point: CumulativePoint) -> tuple[bytes, bytes]:
+    """The state key of ``point``'s stream (:func:`stream_key`) and its attribute field serialized
+    (for :func:`to_delta`): in C when the extension is available, else :func:`point_attributes`
+    and :func:`stream_key` (the same bytes)."""
+    module = native.module
+    if module is not None and native.available() and isinstance(metric, module.Hasher):
+        made: tuple[bytes, bytes] | None = module.stream_key(
+            metric, point.SerializeToString(), _ATTRIBUTES[type(point)], KEY_PREFIX
+        )
+        if made is not None:
+            return made
+    kvs, attributes = point_attributes(point)
+    return stream_key(metric, kvs), attributes
+
+
 def point_attributes(point: CumulativePoint) -> tuple[list[bytes], bytes]:
     """A point's attributes, read once for :func:`stream_key` and :func:`to_delta`: each
     ``KeyValue`` serialized, and the attribute field serialized (:func:`attributes.attribute_list`;

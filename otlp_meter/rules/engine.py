@@ -247,8 +247,7 @@ class RulesEngine:
                             view.point = point
                         else:
                             try:
-                                kvs, attributes = delta.point_attributes(point)
-                                key = delta.stream_key(hasher, kvs)
+                                key, attributes = delta.stream(hasher, point)
                                 converted, outcome = delta.to_delta(
                                     states, key, point, initial_value, attributes
                                 )

@@ -113,9 +113,18 @@ def test_exec_form_entrypoint_runs_the_service_on_the_image_config() -> None:
 def test_dockerignore_keeps_the_context_to_what_the_build_copies(tmp_path: Path) -> None:
     context = dockerfile.build_context(tmp_path / "context")
     top = sorted(p.name for p in context.iterdir())
-    assert top == ["README.md", "deploy", "otlp_meter", "pyproject.toml", "requirements.txt", "rules"]
+    assert top == [
+        "README.md",
+        "deploy",
+        "otlp_meter",
+        "pyproject.toml",
+        "requirements.txt",
+        "rules",
+        "setup.py",
+    ]
     assert (context / "otlp_meter" / "packs").is_symlink(), "the packs link is copied as a link"
     assert (context / "otlp_meter" / "packs" / "genai.yaml").is_file(), "and resolves inside the context"
+    assert not list(context.rglob("*.so")), "a locally built extension stays out: the image builds its own"
     assert not list(context.rglob("__pycache__"))
     assert [p.relative_to(context).as_posix() for p in (context / "deploy").rglob("*") if p.is_file()] == [
         "deploy/docker/config.yaml"

@@ -26,11 +26,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from otlp_meter import native
 from otlp_meter.events import format_time
-from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine, ids
+from otlp_meter.rules import MappingResult, RuleModel, RulesConfig, RulesEngine, delta, ids
 from otlp_meter.rules.ids import format_uuid8
 from otlp_meter.rules.views import LogView, PointView, RecordView, ResourceState, ScopeState
 from tests.unit.rules.otlp import RECEIVED, T0, any_value, rule
@@ -537,3 +538,22 @@ def test_the_switch_turns_c_off() -> None:
         assert not native.available()
         assert isinstance(native.blake2b(b"", digest_size=16, person=b"p"), type(hashlib.blake2b()))
     assert native.available()
+
+
+@given(
+    st.sampled_from(["NumberDataPoint", "HistogramDataPoint", "ExponentialHistogramDataPoint"]),
+    attribute_lists,
+    st.integers(0, 2**64 - 1),
+)
+def test_stream_keys_and_attributes_are_pythons(kind: str, attrs: list[tuple[str, Any]], time: int) -> None:
+    """Cumulative stream keys are stored state: C must make exactly the Python bytes."""
+    point = getattr(metrics_pb2, kind)(time_unix_nano=time, start_time_unix_nano=time // 3)
+    point.attributes.extend(kvs(attrs))
+    metric = _native.Hasher(b"metric", digest_size=16, person=b"otlp-meter.st.v1")
+    kv_list, attributes = delta.point_attributes(point)
+    expected = (delta.stream_key(metric, kv_list), attributes)
+    number = point.DESCRIPTOR.fields_by_name["attributes"].number
+    assert _native.stream_key(metric, point.SerializeToString(), number, delta.KEY_PREFIX) == expected
+    assert delta.stream(metric, point) == expected
+    with native_off():
+        assert delta.stream(metric, point) == expected
