@@ -30,7 +30,8 @@ COPY rules ./rules
 COPY otlp_meter ./otlp_meter
 # The project as a wheel (not an editable install); the shipped rule packs travel inside it.
 RUN "$VENV/bin/pip" wheel --no-cache-dir --no-deps --wheel-dir dist . \
-    && "$VENV/bin/pip" install --no-cache-dir --no-deps --no-index dist/*.whl
+    && "$VENV/bin/pip" install --no-cache-dir --no-deps --no-index dist/*.whl \
+    && "$VENV/bin/python" -I -c "import otlp_meter.native as n; assert n.available(), 'C extension not built'"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="otlp-meter" \

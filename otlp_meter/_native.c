@@ -23,6 +23,9 @@
 
 #include "_blake2b.h"
 
+/* Bump with every change to what this module offers or how it behaves (native.py checks it). */
+#define NATIVE_ABI 4
+
 /* ---------------------------------------------------------------- module globals (setup()) */
 
 typedef struct {
@@ -1754,7 +1757,13 @@ static PyObject *py_dedupe_keys(PyObject *module, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "events must be EncodedEvents");
             goto fail;
         }
-        PyObject *source = PyTuple_GET_ITEM(event, 0), *id = PyTuple_GET_ITEM(event, 1);
+        PyObject *source = PyTuple_GET_ITEM(event, 0), *id = PyTuple_GET_ITEM(event, 1),
+                 *time_ms = PyTuple_GET_ITEM(event, 3);
+        /* Only types whose conversion runs no Python code: nothing can change `events` under us. */
+        if (!PyUnicode_Check(source) || !PyUnicode_Check(id) || !PyLong_Check(time_ms)) {
+            PyErr_SetString(PyExc_TypeError, "an event's source and id must be str, its time_ms an int");
+            goto fail;
+        }
         Py_ssize_t id_n;
         const char *id_s = PyUnicode_AsUTF8AndSize(id, &id_n);
         if (id_s == NULL) goto fail;
@@ -1762,6 +1771,10 @@ static PyObject *py_dedupe_keys(PyObject *module, PyObject *args) {
             Py_ssize_t src_n;
             const char *src_s = PyUnicode_AsUTF8AndSize(source, &src_n);
             if (src_s == NULL) goto fail;
+            if ((uint64_t)src_n > 0xFFFFFFFFu) {
+                PyErr_SetString(PyExc_OverflowError, "a source of 4 GiB or more");
+                goto fail;
+            }
             uint8_t head[5] = {'E', (uint8_t)(src_n >> 24), (uint8_t)(src_n >> 16), (uint8_t)(src_n >> 8), (uint8_t)src_n};
             with_source = empty;
             blake2b_update(&with_source, head, 5);
@@ -1769,7 +1782,7 @@ static PyObject *py_dedupe_keys(PyObject *module, PyObject *args) {
             last_source = source;
         }
         int overflow = 0;
-        long long ms = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(event, 3), &overflow);
+        long long ms = PyLong_AsLongLongAndOverflow(time_ms, &overflow);
         if (ms == -1 && PyErr_Occurred()) goto fail;
         if (overflow > 0 || ms > top) ms = top;
         if (overflow < 0 || ms < 0) ms = 0;
@@ -1828,7 +1841,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (m == NULL) return NULL;
     Py_INCREF(&HasherType);
     Py_INCREF(&ProgramType);
-    if (PyModule_AddObject(m, "Hasher", (PyObject *)&HasherType) < 0 ||
+    /* What native.py expects: a module built from older sources (a stale in-tree build) is not used. */
+    if (PyModule_AddIntConstant(m, "ABI", NATIVE_ABI) < 0 ||
+        PyModule_AddObject(m, "Hasher", (PyObject *)&HasherType) < 0 ||
         PyModule_AddObject(m, "Program", (PyObject *)&ProgramType) < 0) {
         Py_DECREF(m);
         return NULL;

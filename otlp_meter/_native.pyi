@@ -3,6 +3,8 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
+ABI: int
+
 class Hasher:
     """BLAKE2b, as ``hashlib.blake2b(data, digest_size=, person=)`` computes it."""
 

@@ -13,10 +13,16 @@ import os
 from types import ModuleType
 from typing import Any
 
+ABI = 4
+"""The ``_native.ABI`` these sources expect; a build from other sources (an in-tree ``.so`` older than
+a pull, before ``make`` rebuilt it) is not used: everything then runs in Python."""
+
 module: ModuleType | None
 try:
     from otlp_meter import _native as module
 except ImportError:  # built without a C compiler: pure Python
+    module = None
+if module is not None and getattr(module, "ABI", None) != ABI:
     module = None
 
 

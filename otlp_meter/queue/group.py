@@ -86,17 +86,19 @@ class Group:
         """``keys`` sorted without repeats, and those of them remembered with an expiry after now
         (copies within the window; keys remembered earlier in this transaction included).
 
-        Only keys up to the largest stored one can be stored: event keys start with the event's
-        time, so a request of fresh events is mostly past it and needs no lookup at all. The rest
-        in one sorted ``getmulti`` (the B-tree walked in key order, the loop in C).
+        Only keys from the first stored one at or after the smallest wanted key need a lookup:
+        event keys start with the event's time, so a request of fresh events mostly lies past
+        every stored event key (rejections' keys, random hashes, mostly sort after them all), and
+        what lies before the first stored key found is new. The rest in one sorted ``getmulti``
+        (the B-tree walked in key order, the loop in C).
         """
         wanted = sorted(set(keys))
         if not wanted:
             return wanted, set()
         cursor = self._dedupe()
-        if not cursor.last():
-            return wanted, set()  # nothing remembered
-        candidates = wanted[: bisect.bisect_right(wanted, cursor.key())]
+        if not cursor.set_range(wanted[0]):
+            return wanted, set()  # nothing stored at or after the smallest key
+        candidates = wanted[bisect.bisect_left(wanted, cursor.key()) :]
         if not candidates:
             return wanted, set()
         now, decode = self.now_ns, codec.decode_expiry

@@ -36,3 +36,24 @@ def test_dedupe_keys_are_the_queues(items: list[tuple[str, str, int]]) -> None:
     assert _native.dedupe_keys(events, codec.DEDUPE_TIME_BYTES, codec.DEDUPE_HASH_BYTES) == expected
     assert codec.event_dedupe_keys(events) == expected
     assert expected == [codec.event_dedupe_key(*item) for item in items]
+
+
+def test_odd_events_are_refused_before_any_python_code_runs() -> None:
+    """Only str sources and ids and int times: converting anything else could run Python code
+    (``__index__``) that changes the list being read."""
+    events: list[Any] = []
+
+    class Sneaky:
+        def __index__(self) -> int:
+            events.clear()
+            return 1
+
+    sneaky: Any = Sneaky()
+    events.extend(
+        [EncodedEvent("s", "i", b"{}", sneaky), *(EncodedEvent(f"s{i}", "i", b"{}", 1) for i in range(50))]
+    )
+    with pytest.raises(TypeError):
+        _native.dedupe_keys(events, codec.DEDUPE_TIME_BYTES, codec.DEDUPE_HASH_BYTES)
+    with pytest.raises(TypeError):
+        _native.dedupe_keys([EncodedEvent(b"s", "i", b"{}", 1)], 6, 10)  # type: ignore[arg-type]
+    assert len(_native.dedupe_keys([EncodedEvent("s", "i", b"{}", True)], 6, 10)) == 1  # bool is an int

@@ -88,6 +88,17 @@ async def test_late_and_early_events_among_fresh_ones_are_still_caught(queue: Lm
     assert times == [T0 + 10 * n for n in (5, 10, 20, 25, 30, 40, 50)]
 
 
+async def test_copies_are_caught_among_rejection_keys(queue: LmdbQueue) -> None:
+    """Rejections' keys are random hashes, sorting anywhere among the time-ordered event keys:
+    lookups start at the first stored key at or after the smallest wanted one, whatever it is."""
+    originals = [bytes([n]) * 8 for n in range(40)]
+    await queue.append([timed(1)], rejected=[rejection(original=o) for o in originals])
+    await queue.append([timed(n) for n in (2, 3)])
+    result = await queue.append([timed(n) for n in (1, 2, 3, 4)], rejected=[rejection(original=originals[7])])
+    assert result == AppendResult(appended=1, deduplicated=3, dead_lettered=0)
+    assert (await queue.append([timed(4), timed(5)])).deduplicated == 1
+
+
 async def test_a_copy_with_another_time_is_not_the_collectors_to_catch(queue: LmdbQueue) -> None:
     # Documented: OpenMeter's own deduplication by (source, id) drops the second one.
     await queue.append([event(1, time_ms=T0)])

@@ -557,3 +557,18 @@ def test_stream_keys_and_attributes_are_pythons(kind: str, attrs: list[tuple[str
     assert delta.stream(metric, point) == expected
     with native_off():
         assert delta.stream(metric, point) == expected
+
+
+def test_a_build_from_other_sources_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale in-tree build (its ABI is not the one these sources expect) leaves everything to Python."""
+    import importlib
+
+    monkeypatch.setattr(_native, "ABI", native.ABI - 1)
+    try:
+        reloaded = importlib.reload(native)
+        assert reloaded.module is None
+        assert not reloaded.available()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(native)
+    assert native.module is _native
