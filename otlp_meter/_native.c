@@ -633,16 +633,20 @@ static int out_dumps(Out *o, PyObject *value) {
     return rc;
 }
 
-static int out_double(Out *o, double d) {
-    if (!isfinite(d)) return -1; /* JSON has no NaN: the Python build rejects it */
-    PyObject *f = PyFloat_FromDouble(d);
-    if (f == NULL) {
+/* out_dumps of a new reference (NULL: a failed conversion), released here. */
+static int out_new(Out *o, PyObject *value) {
+    if (value == NULL) {
         soft_clear();
         return -1;
     }
-    int rc = out_dumps(o, f);
-    Py_DECREF(f);
+    int rc = out_dumps(o, value);
+    Py_DECREF(value);
     return rc;
+}
+
+static int out_double(Out *o, double d) {
+    if (!isfinite(d)) return -1; /* JSON has no NaN: the Python build rejects it */
+    return out_new(o, PyFloat_FromDouble(d));
 }
 
 static int out_val(Out *o, const Val *v) {
@@ -652,16 +656,7 @@ static int out_val(Out *o, const Val *v) {
         case V_DOUBLE: return out_double(o, v->d);
         case V_BOOL: return v->i ? OUT_LIT(o, "true") : OUT_LIT(o, "false");
         case V_NONE: return -1;
-        default: {
-            PyObject *value = val_to_py(v);
-            if (value == NULL) {
-                soft_clear();
-                return -1;
-            }
-            int rc = out_dumps(o, value);
-            Py_DECREF(value);
-            return rc;
-        }
+        default: return out_new(o, val_to_py(v));
     }
 }
 

@@ -134,16 +134,22 @@ def test_the_wheel_carries_the_rule_packs(image: Image) -> None:
     assert {"otlp_meter/py.typed", "otlp_meter/queue/proto/record_pb2.py"} <= names
 
 
-def test_the_image_runs_the_rules_in_c(image: Image) -> None:
-    """The build stage has a compiler (installed when the base image lacks one): the wheel carries
-    the rules engine's C extension, and the service uses it."""
-    probe = "import otlp_meter.native as n; print(n.module.__file__ if n.available() else '')"
-    result = subprocess.run(
-        [str(image.venv / "bin" / "python"), "-c", probe],
+def _image_python(image: Image, code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` with the image's interpreter, environment and working directory."""
+    return subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", code],
         env=image.env,
         cwd=image.workdir,
         capture_output=True,
         text=True,
+    )
+
+
+def test_the_image_runs_the_rules_in_c(image: Image) -> None:
+    """The build stage has a compiler (installed when the base image lacks one): the wheel carries
+    the rules engine's C extension, and the service uses it."""
+    result = _image_python(
+        image, "import otlp_meter.native as n; print(n.module.__file__ if n.available() else '')"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(image.venv / "lib")), result.stdout
@@ -154,13 +160,7 @@ def test_installed_not_editable_and_finds_the_packs(image: Image) -> None:
         "import json, otlp_meter, otlp_meter.rules.loader as loader;"
         "print(json.dumps([otlp_meter.__file__, str(loader.PACKS_DIR), loader.available_packs()]))"
     )
-    result = subprocess.run(
-        [str(image.venv / "bin" / "python"), "-c", probe],
-        env=image.env,
-        cwd=image.workdir,
-        capture_output=True,
-        text=True,
-    )
+    result = _image_python(image, probe)
     assert result.returncode == 0, f"otlp_meter does not import from the image:\n{result.stderr}"
     module, packs_dir, packs = json.loads(result.stdout)
     site_packages = str(image.venv / "lib")
