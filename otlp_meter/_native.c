@@ -1748,7 +1748,7 @@ static PyObject *py_dedupe_keys(PyObject *module, PyObject *args) {
     blake2b_state with_source = empty;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *event = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) < 4) {
+        if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) != 4) {
             PyErr_SetString(PyExc_TypeError, "events must be EncodedEvents");
             goto fail;
         }
