@@ -172,6 +172,20 @@ def test_deployment_gateway_meters_the_whole_cluster(chart: helm.Chart, tmp_path
     assert "bills every pod of the cluster" in notes
 
 
+def test_the_same_release_in_two_namespaces_owns_its_own_cluster_role(chart: helm.Chart) -> None:
+    """ClusterRole and ClusterRoleBinding are cluster-scoped: their names carry the namespace."""
+    names: dict[str, set[str]] = {}
+    for namespace in ("team-a", "team-b"):
+        manifests = chart.render({**TOKEN, **KUBERNETES}, name=RELEASE, namespace=namespace, is_install=True)
+        documents = parse_documents([t for p, t in manifests.items() if p.endswith((".yaml", ".yml"))])
+        roles = {d["kind"]: d for d in documents if d["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+        assert roles["ClusterRoleBinding"]["roleRef"]["name"] == roles["ClusterRole"]["metadata"]["name"]
+        assert roles["ClusterRoleBinding"]["subjects"][0]["namespace"] == namespace
+        names[namespace] = {d["metadata"]["name"] for d in roles.values()}
+    assert names["team-a"] == {f"team-a-{RELEASE}-otlp-meter"}
+    assert not names["team-a"] & names["team-b"]
+
+
 def test_kubernetes_source_settings_go_over_the_presets_defaults(chart: helm.Chart, tmp_path: Path) -> None:
     # namespaces and exclude_namespaces are exclusive: choosing namespaces drops the default exclusion.
     values = {**TOKEN, **KUBERNETES, "sources": {"kubernetes": {"namespaces": ["team-a"], "interval": "5m"}}}

@@ -16,6 +16,12 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Cluster-scoped objects (ClusterRole, ClusterRoleBinding): the release's namespace in the name, so
+     the same release name in two namespaces does not claim (or overwrite) one object. */}}
+{{- define "otlp-meter.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "otlp-meter.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "otlp-meter.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "otlp-meter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
