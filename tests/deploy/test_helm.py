@@ -172,6 +172,15 @@ def test_deployment_gateway_meters_the_whole_cluster(chart: helm.Chart, tmp_path
     assert "bills every pod of the cluster" in notes
 
 
+@pytest.mark.parametrize("kubernetes", [False, True])
+def test_the_pod_gets_an_api_token_only_for_the_kubernetes_source(
+    chart: helm.Chart, kubernetes: bool
+) -> None:
+    values = {**TOKEN, **(KUBERNETES if kubernetes else {})}
+    (workload,) = [d for d in render(chart, values) if d["kind"] in ("DaemonSet", "Deployment")]
+    assert workload["spec"]["template"]["spec"]["automountServiceAccountToken"] is kubernetes
+
+
 def test_the_same_release_in_two_namespaces_owns_its_own_cluster_role(chart: helm.Chart) -> None:
     """ClusterRole and ClusterRoleBinding are cluster-scoped: their names carry the namespace."""
     names: dict[str, set[str]] = {}
