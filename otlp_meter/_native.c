@@ -773,7 +773,7 @@ static int default_source(Ctx *c, Val *v) {
     return py_to_val(source, v);
 }
 
-static PyObject *uuid_text(const uint8_t digest[16], char *out);
+static void uuid_text(const uint8_t digest[16], char *out);
 
 /* The record's hasher (view.hasher(), ids.py): the scope's, extended with the signal and the
  * record's bytes (logs: frame(b"logs"), frame(record); metrics: the metric key, frame(point)).
@@ -844,7 +844,7 @@ static int default_id(Ctx *c, PyObject *rule_key, Val *v) {
 }
 
 /* ids.format_uuid8: version 8, RFC 9562 variant. */
-static PyObject *uuid_text(const uint8_t digest[16], char *out) {
+static void uuid_text(const uint8_t digest[16], char *out) {
     static const char hex[] = "0123456789abcdef";
     char h[32];
     for (int i = 0; i < 16; i++) {
@@ -860,7 +860,6 @@ static PyObject *uuid_text(const uint8_t digest[16], char *out) {
         out[k++] = ch;
     }
     out[k] = 0;
-    return NULL;
 }
 
 /* ---------------------------------------------------------------- programs */

@@ -269,8 +269,11 @@ class _Compiler:
         )
         program = None
         if expression is None and base is None:
-            builtins = {default_source: native_rules.BUILTIN_SOURCE, default_time: native_rules.BUILTIN_TIME}
-            builtins[default_id] = native_rules.BUILTIN_ID
+            builtins: dict[Any, int] = {
+                default_source: native_rules.BUILTIN_SOURCE,
+                default_time: native_rules.BUILTIN_TIME,
+                default_id: native_rules.BUILTIN_ID,
+            }
             program = native_rules.program(self.signal, conditions, head, body, event_id, builtins, rule_key)
         return build_function(head, base, body, event_id), program
 

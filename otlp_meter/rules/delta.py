@@ -354,10 +354,10 @@ _ATTRIBUTES = {
 
 def stream(metric: ids.Hasher, point: CumulativePoint) -> tuple[bytes, bytes]:
     """The state key of ``point``'s stream (:func:`stream_key`) and its attribute field serialized
-    (for :func:`to_delta`): in C when the extension is available, else :func:`point_attributes`
-    and :func:`stream_key` (the same bytes)."""
+    (for :func:`to_delta`): in C when ``metric`` is the extension's hasher (made so when it was
+    available), else :func:`point_attributes` and :func:`stream_key` (the same bytes)."""
     module = native.module
-    if module is not None and native.available() and isinstance(metric, module.Hasher):
+    if module is not None and isinstance(metric, module.Hasher):
         made: tuple[bytes, bytes] | None = module.stream_key(
             metric, point.SerializeToString(), _ATTRIBUTES[type(point)], KEY_PREFIX
         )

@@ -29,6 +29,7 @@ from tests.e2e.otlp_clients import send_counter
 from tests.e2e.test_delivery_guarantees import LogsClient, config, logs, queue_stats, seq_rule, seqs_of
 from tests.e2e.test_observability import OPENMETRICS, promtool_check
 from tests.support.fake_openmeter import FakeOpenMeter
+from tests.support.rules import PER_CUSTOMER_REQUESTS
 from tests.support.service import ServiceProcess, merge, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc")]
@@ -302,16 +303,7 @@ def test_every_process_converts_cumulative_points_but_only_the_primary_forgets_s
     the workers' commits through the state they expect. Each round's stream lands on whichever process the
     connection hashes to and is forgotten a second later; a worker that also ran expiry would log
     about half of them (all rounds passing it by: 1 in 16)."""
-    rule = {
-        "name": "api-requests",
-        "match": {"signal": "metrics", "metric": "api.requests"},
-        "event": {
-            "type": "api-requests",
-            "subject": {"path": "attributes.customer"},
-            "data": {"count": {"path": "point.value", "as": "int"}},
-        },
-    }
-    rules = {"rules": {"packs": [], "inline": [rule], "cumulative": {"max_staleness": "1s"}}}
+    rules = {"rules": {"packs": [], "inline": [PER_CUSTOMER_REQUESTS], "cumulative": {"max_staleness": "1s"}}}
     service = service_factory(merge(WORKERS, rules)).start()
 
     def expiries() -> list[dict[str, Any]]:

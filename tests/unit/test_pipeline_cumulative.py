@@ -18,16 +18,13 @@ from otlp_meter.queue import LmdbQueue, QueueConfig
 from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 from otlp_meter.rules.delta import EXPIRED_BEFORE_KEY, KEY_PREFIX, StreamState
 from otlp_meter.telemetry.metrics import Metrics
+from tests.support.rules import ACME_REQUESTS
 from tests.support.watched_queue import WatchedQueue
 from tests.unit.rules.otlp import T0, metric, metrics_request
 
 SECOND = 1_000_000_000
 START = T0 - 3600 * SECOND  # the stream started an hour before the first point we see
-RULE = {
-    "name": "requests",
-    "match": {"signal": "metrics", "metric": "api.requests"},
-    "event": {"type": "api", "subject": "acme", "data": {"n": {"path": "point.value", "as": "int"}}},
-}
+RULE = ACME_REQUESTS
 
 
 def cumulative(value: int, at: int, *customers: str) -> Any:

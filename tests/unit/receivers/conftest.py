@@ -21,17 +21,10 @@ from otlp_meter.queue import LmdbQueue, QueueConfig
 from otlp_meter.receivers.core import ReceiverCore
 from otlp_meter.rules import RuleModel, RulesConfig, RulesEngine
 from otlp_meter.telemetry.metrics import Metrics
+from tests.support.rules import PER_CUSTOMER_REQUESTS
 from tests.unit.rules.otlp import log_record, logs_request, metric, metrics_request
 
-COUNTER_RULE = {
-    "name": "api-requests",
-    "match": {"signal": "metrics", "metric": "api.requests"},
-    "event": {
-        "type": "api-requests",
-        "subject": {"path": "attributes.customer"},
-        "data": {"count": {"path": "point.value", "as": "int"}},
-    },
-}
+COUNTER_RULE = PER_CUSTOMER_REQUESTS
 
 
 def genai_logs(*customers: str, tokens: Any = 10) -> ExportLogsServiceRequest:
