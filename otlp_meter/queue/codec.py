@@ -2,7 +2,7 @@
 
 Envelope versions (the first byte of every value in ``events`` and ``dead``):
 
-* **2** — queued events (``events``), written since schema 2::
+* **2** — queued events (``events``), written by schemas 2 and 3 (still read: one event each)::
 
       0      1                          9              13
       | 0x02 | enqueued_unix_nano u64BE | attempts u32BE | payload: the CloudEvent JSON object …
@@ -11,6 +11,16 @@ Envelope versions (the first byte of every value in ``events`` and ``dead``):
   parse. The event's ``source`` and ``id`` are not repeated: the JSON object holds them, and the
   rare paths that need them (dead-lettering, logging a refused event) read them from it
   (:func:`event_attributes`).
+* **3** — a *group* of queued events (``events``), written since schema 4: the events one append
+  brought, up to :data:`GROUP_MAX_EVENTS`, in one LMDB record under the sequence of the first; the
+  group holds the sequences from its key up to key + count - 1::
+
+      0      1                          9              13          17                 17 + 4n
+      | 0x03 | enqueued_unix_nano u64BE | attempts u32BE | n u32BE | n x length u32BE | payloads …
+
+  One record per group instead of one per event: leasing, acking and appending cost an LMDB call
+  per group (py-lmdb releases and takes back the GIL around every call). An ack of part of a group
+  rewrites the rest under the sequence of its first event (:meth:`Group.delete_events`).
 * **1** — ``proto/otlp_meter/queue/v1``: dead letters (``DeadLetter``; still written), and queued
   events written before schema 2 (``QueuedEvent``; still read, so a queue drains after an upgrade).
 
@@ -22,8 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal
 
 import orjson
@@ -40,6 +53,18 @@ EVENT_ENVELOPE = 2
 EVENT_HEADER = struct.Struct(">BQI")
 """Version, enqueued time (Unix ns), attempts: the first 13 bytes of an envelope-2 event."""
 EVENT_HEADER_SIZE = EVENT_HEADER.size
+
+GROUP_ENVELOPE = 3
+"""Version byte of a group of queued events, written since schema 4."""
+GROUP_HEADER = struct.Struct(">BQII")
+"""Version, enqueued time (Unix ns), attempts, event count: the first 17 bytes of a group."""
+GROUP_HEADER_SIZE = GROUP_HEADER.size
+GROUP_MAX_EVENTS = 500
+"""Most events in one group: half the exporter's default batch, so batches take whole groups."""
+GROUP_MAX_BYTES = 1024 * 1024
+"""Most payload bytes in one group (one event larger than this is a group of its own)."""
+_LENGTHS_SWAP = sys.byteorder == "little"
+_U32 = "I" if array("I").itemsize == 4 else "L"
 
 _VERSION_PREFIX = bytes([PROTOBUF_ENVELOPE])
 SEQ = struct.Struct(">Q")
@@ -253,6 +278,75 @@ def event_header(enqueued_unix_nano: int, attempts: int = 0) -> bytes:
 def encode_event(event: EncodedEvent, enqueued_unix_nano: int, attempts: int = 0) -> bytes:
     """An envelope-2 ``events`` value: the header, then the payload as it is sent."""
     return event_header(enqueued_unix_nano, attempts) + event.payload
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedGroup:
+    """A decoded ``events`` record: a group (envelope 3), or a single event (envelopes 1 and 2)."""
+
+    payloads: list[bytes]
+    enqueued_unix_nano: int
+    attempts: int
+
+
+def encode_group(payloads: Sequence[bytes], enqueued_unix_nano: int, attempts: int = 0) -> bytes:
+    """An envelope-3 ``events`` value holding ``payloads`` (at least one), in order."""
+    lengths = array(_U32, map(len, payloads))
+    if _LENGTHS_SWAP:
+        lengths.byteswap()
+    header = GROUP_HEADER.pack(GROUP_ENVELOPE, enqueued_unix_nano, attempts, len(payloads))
+    return b"".join((header, lengths.tobytes(), *payloads))
+
+
+def encode_groups(payloads: Sequence[bytes], enqueued_unix_nano: int) -> list[bytes]:
+    """``payloads`` in groups of at most :data:`GROUP_MAX_EVENTS` events and about
+    :data:`GROUP_MAX_BYTES` bytes, in order (the records one append stores)."""
+    groups: list[bytes] = []
+    start, size = 0, 0
+    for n, payload in enumerate(payloads):
+        if n > start and (n - start >= GROUP_MAX_EVENTS or size + len(payload) > GROUP_MAX_BYTES):
+            groups.append(encode_group(payloads[start:n], enqueued_unix_nano))
+            start, size = n, 0
+        size += len(payload)
+    if start < len(payloads):
+        groups.append(encode_group(payloads[start:], enqueued_unix_nano))
+    return groups
+
+
+def record_count(raw: bytes) -> int:
+    """How many events an ``events`` record holds, from its header alone (1 unless a group says
+    more; a group with an unreadable header counts as 1)."""
+    if len(raw) >= GROUP_HEADER_SIZE and raw[0] == GROUP_ENVELOPE:
+        count: int = GROUP_HEADER.unpack_from(raw)[3]
+        return max(1, count)
+    return 1
+
+
+def decode_group(raw: bytes) -> QueuedGroup:
+    """A stored ``events`` record of any envelope; CorruptRecordError if it is none of them.
+
+    A group's lengths must add up to its size exactly, and no payload may be empty.
+    """
+    if raw[:1] != bytes([GROUP_ENVELOPE]):
+        record = decode_event(raw)
+        return QueuedGroup([record.payload], record.enqueued_unix_nano, record.attempts)
+    if len(raw) < GROUP_HEADER_SIZE:
+        raise CorruptRecordError(f"event group (envelope 3) of {len(raw)} bytes: shorter than its header")
+    _, enqueued, attempts, count = GROUP_HEADER.unpack_from(raw)
+    start = GROUP_HEADER_SIZE + 4 * count
+    if count == 0 or start > len(raw):
+        raise CorruptRecordError(f"event group (envelope 3) of {len(raw)} bytes claims {count} events")
+    lengths = array(_U32)
+    lengths.frombytes(raw[GROUP_HEADER_SIZE:start])
+    if _LENGTHS_SWAP:
+        lengths.byteswap()
+    ends = list(accumulate(lengths, initial=start))
+    if ends[-1] != len(raw) or 0 in lengths:
+        raise CorruptRecordError(
+            f"event group (envelope 3) of {len(raw)} bytes: its {count} lengths do not add up to it"
+        )
+    payloads = list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
+    return QueuedGroup(payloads, enqueued, attempts)
 
 
 def is_event_v2(raw: bytes) -> bool:

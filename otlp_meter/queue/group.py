@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 
 import lmdb
 
 from otlp_meter.errors import QueueFullError
 from otlp_meter.events import EncodedEvent
-from otlp_meter.queue import codec
+from otlp_meter.queue import codec, reads
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.ledger import Counters, Handles, legacy_until, storage_used_bytes, store_counters
 from otlp_meter.telemetry.logging import get_logger
@@ -174,69 +174,85 @@ class Group:
 
     # -- writes --
 
-    def put_events(self, records: Sequence[bytes]) -> None:
-        """Append ``records`` under the next sequence numbers, in one ``putmulti``."""
+    def put_groups(self, records: Sequence[bytes], events: int) -> None:
+        """Append group ``records`` (:func:`codec.encode_groups`) holding ``events`` events in all,
+        each under the sequence of its first event, in one ``putmulti``."""
         if not records:
             return
         first = self.counters.next_seq
-        keys = map(codec.SEQ.pack, range(first, first + len(records)))
+        keys: list[bytes] = []
+        seq = first
+        for record in records:
+            keys.append(codec.SEQ.pack(seq))
+            seq += codec.record_count(record)
+        if seq - first != events:
+            raise ValueError(f"{len(records)} groups hold {seq - first} events, not {events}")
         _consumed, added = self.txn.cursor(db=self.h.events).putmulti(
             zip(keys, records, strict=True), append=True
         )
         if added != len(records):  # MDB_APPEND refused a key: the sequence counter is behind
             raise lmdb.Error(f"appending events from sequence {first}: {len(records) - added} keys not new")
-        self.counters.next_seq = first + len(records)
-        self.counters.depth += len(records)
+        self.counters.next_seq = seq
+        self.counters.depth += events
         self.counters.size += sum(map(len, records))
-        self.appended += len(records)
+        self.appended += events
 
-    def delete_event(self, seq: int, size: int | None = None) -> bool:
-        """Delete a stored event (accounting is the caller's); False if it was gone already.
-
-        ``size``: the bytes of its record, if known (a leased event's): then a plain delete does,
-        without reading the record back first.
-        """
-        key = codec.seq_key(seq)
-        if size is None:
-            raw = self.txn.pop(key, db=self.h.events)
-            if raw is None:
-                return False
-            size = len(raw)
-        elif not self.txn.delete(key, db=self.h.events):
-            return False
-        self.counters.depth -= 1
-        self.counters.size -= size
-        self.removed_seqs.append(seq)
-        return True
+    def stored(self, seqs: Iterable[int]) -> set[int]:
+        """Which of ``seqs`` are still stored (in a record that decodes)."""
+        cursor = self.txn.cursor(db=self.h.events)
+        wanted = sorted(set(seqs))
+        found: set[int] = set()
+        for seq in wanted:
+            if seq in found or not reads.seek_holding(cursor, seq):
+                continue
+            group = reads.decode_or_none(cursor.value())
+            if group is not None:
+                first = codec.key_seq(cursor.key())
+                found.update(s for s in wanted if first <= s < first + len(group.payloads))
+        return found
 
     def delete_events(self, seqs: Sequence[int]) -> int:
-        """:meth:`delete_event` for many, in key order with one cursor; how many were still there.
+        """Delete stored events (accounting is the caller's); how many were still there.
 
-        A cursor delete leaves the cursor on the next record, so a run of consecutive sequences
-        (a leased batch) costs one positioning and then one ``Cursor.delete`` per event, which
-        needs no search from the root; the record's size is read where the cursor stands.
+        In key order with one cursor: a group whose events are all listed (the usual ack: a batch
+        takes whole groups) is one ``Cursor.delete``; of a group only partly listed, the rest is
+        written back, each run of consecutive events as a group under its first sequence. A
+        record that does not decode is left for the lease to move aside.
         """
+        ordered = sorted(set(seqs))
         cursor = self.txn.cursor(db=self.h.events)
-        key, value, delete, set_key = cursor.key, cursor.value, cursor.delete, cursor.set_key
-        pack = codec.SEQ.pack
-        ordered = sorted(seqs)
         removed = self.removed_seqs
         start = len(removed)
-        freed = 0
-        previous = -1
-        for seq in ordered:
-            if seq == previous:
-                continue  # listed twice: deleted once
-            previous = seq
-            wanted = pack(seq)
-            if key() != wanted and not set_key(wanted):
-                continue  # acked twice, or moved aside meanwhile: nothing to count
-            freed += len(value())
-            removed.append(seq)
-            delete()
+        size = self.counters.size
+        i = 0
+        while i < len(ordered):
+            seq = ordered[i]
+            if not reads.seek_holding(cursor, seq):
+                i += 1  # acked twice, or moved aside meanwhile: nothing to count
+                continue
+            first = codec.key_seq(cursor.key())
+            raw = cursor.value()
+            count = codec.record_count(raw)
+            end = bisect.bisect_left(ordered, first + count, i)
+            if end - i < count:  # part of the group: the rest stays
+                group = reads.decode_or_none(raw)
+                if group is None or len(group.payloads) != count:
+                    i = end
+                    continue
+                cursor.delete()
+                size -= len(raw)
+                for run_first, payloads in _runs_left(first, group.payloads, ordered[i:end]):
+                    rest = codec.encode_group(payloads, group.enqueued_unix_nano, group.attempts)
+                    self.txn.put(codec.SEQ.pack(run_first), rest, db=self.h.events)
+                    size += len(rest)
+            else:
+                cursor.delete()
+                size -= len(raw)
+            removed.extend(ordered[i:end])
+            i = end
         count = len(removed) - start
         self.counters.depth -= count
-        self.counters.size -= freed
+        self.counters.size = size
         return count
 
     def put_dead(self, record: bytes) -> None:
@@ -371,3 +387,22 @@ class Group:
                 break
             cursor.delete()  # moves to the next entry
         return removed
+
+
+def _runs_left(first: int, payloads: list[bytes], gone: Sequence[int]) -> Iterator[tuple[int, list[bytes]]]:
+    """The runs of consecutive events of the group at ``first`` not in ``gone`` (sorted
+    sequences within it): (sequence of the run's first event, its payloads)."""
+    taken = {seq - first for seq in gone}
+    run: list[bytes] = []
+    run_first = first
+    for n, payload in enumerate(payloads):
+        if n in taken:
+            if run:
+                yield run_first, run
+                run = []
+            continue
+        if not run:
+            run_first = first + n
+        run.append(payload)
+    if run:
+        yield run_first, run

@@ -2,11 +2,10 @@
 the ledger's lock held and a read transaction open on ``events`` (see the lease-book invariant in
 :class:`~otlp_meter.queue.ledger.Ledger`).
 
-This is the exporter's per-event path, so :func:`take_fresh` keeps the work per event small: it
-fills a :class:`~otlp_meter.queue.types.LeasedBatch` (parallel lists, no object per event), slices
-an envelope-2 record's payload without a parse, and reads the enqueue time only where it differs
-from the previous record's (the records of one commit share their 13-byte header: ``startswith``).
-Anything else goes through :func:`codec.decode_event` (envelope 1, or corrupt).
+This is the exporter's per-event path, so the work per event is a slice: records are groups of
+events (envelope 3 of :mod:`~otlp_meter.queue.codec`), one LMDB read each, and a batch takes whole
+groups where it can (:func:`take_fresh`), so that its ack deletes whole records. Records of older
+envelopes are groups of one.
 """
 
 from __future__ import annotations
@@ -19,30 +18,37 @@ from otlp_meter.queue import codec, reads
 from otlp_meter.queue.ledger import Ledger
 from otlp_meter.queue.types import LeasedBatch
 
-_V2 = codec.EVENT_ENVELOPE
-_HEADER = codec.EVENT_HEADER_SIZE
+_GROUP_OVERHEAD = 4
+"""Bytes a group stores per event besides its payload (its length)."""
 
 
 def take_released(
     txn: lmdb.Transaction[bytes], ledger: Ledger, out: LeasedBatch, max_events: int, max_bytes: int
 ) -> bool:
     """Re-lease released events into ``out``; False if the batch is full."""
+    cursor = txn.cursor()
+    group: codec.QueuedGroup | None = None
+    first = 0
     while ledger.released and len(out.seqs) < max_events:
         seq = ledger.released[0]
-        raw = txn.get(codec.seq_key(seq))
-        record = reads.decode_or_none(raw)
-        if raw is None or record is None:  # acked or moved meanwhile
+        if group is None or not first <= seq < first + len(group.payloads):
+            group = None
+            if reads.seek_holding(cursor, seq):
+                first = codec.key_seq(cursor.key())
+                group = reads.decode_or_none(cursor.value())
+        if group is None:  # acked or moved meanwhile
             heapq.heappop(ledger.released)
             continue
-        if out.seqs and out.payload_bytes + len(record.payload) > max_bytes:
+        payload = group.payloads[seq - first]
+        if out.seqs and out.payload_bytes + len(payload) > max_bytes:
             return False
         heapq.heappop(ledger.released)
-        ledger.leased[seq] = len(raw)
-        _add_run(out, len(out.seqs), record.enqueued_unix_nano)
+        ledger.leased[seq] = len(payload) + _GROUP_OVERHEAD
+        _add_run(out, len(out.seqs), group.enqueued_unix_nano)
         out.seqs.append(seq)
-        out.payloads.append(record.payload)
-        out.sizes.append(len(raw))
-        out.payload_bytes += len(record.payload)
+        out.payloads.append(payload)
+        out.sizes.append(len(payload) + _GROUP_OVERHEAD)
+        out.payload_bytes += len(payload)
     return len(out.seqs) < max_events
 
 
@@ -54,14 +60,17 @@ def take_fresh(
     max_events: int,
     max_bytes: int,
 ) -> None:
-    """Lease never-leased events from ``ledger.cursor`` on into ``out``; undecodable ones go to
+    """Lease never-leased events from ``ledger.cursor`` on into ``out``; undecodable records go to
     ``corrupt``.
+
+    A group that does not fit whole is left for the next batch once this one is half full; before
+    that, the batch takes what fits and the rest of the group waits (``ledger.cursor`` inside it).
 
     Events another process appended (a replay) have higher sequences than any seen so far, since
     LMDB commits writers one after the other, so the cursor finds them too.
     """
     first = len(out.seqs)
-    _scan(txn, ledger, out, corrupt, max_events - first, max_bytes)
+    _scan(txn, ledger, out, corrupt, max_events, max_bytes)
     # The lease book, in one C-level update for the whole batch.
     ledger.leased.update(zip(out.seqs[first:], out.sizes[first:], strict=True))
     del out.runs[_trailing_runs(out) :]
@@ -72,57 +81,59 @@ def _scan(
     ledger: Ledger,
     out: LeasedBatch,
     corrupt: list[tuple[bytes, str]],
-    room: int,
+    max_events: int,
     max_bytes: int,
 ) -> None:
     cursor = txn.cursor()
-    if room <= 0 or not cursor.set_range(codec.seq_key(ledger.cursor)):
+    seqs, payloads, sizes = out.seqs, out.payloads, out.sizes
+    if len(seqs) >= max_events or not reads.seek(cursor, ledger.cursor):
         return
     quarantining = ledger.quarantining
-    seqs, payloads, sizes = out.seqs, out.payloads, out.sizes
-    add_seq, add_payload, add_size = seqs.append, payloads.append, sizes.append
-    from_bytes = int.from_bytes
+    half = max_events // 2
     size = out.payload_bytes
-    header = b""  # the last envelope-2 header seen; b"": none
-    seq = ledger.cursor - 1
     for key, raw in cursor:
         if len(key) != 8 or key in quarantining:
             if key not in quarantining:
                 corrupt.append((key, "key is not an 8-byte sequence number"))
             continue
-        seq = from_bytes(key, "big")
-        stored = len(raw)
-        if header and stored > _HEADER and raw.startswith(header):
-            # The same header as the record before (same commit): an envelope-2 event.
-            payload = raw[_HEADER:]
-        elif stored > _HEADER and raw[0] == _V2:
-            # codec.is_event_v2, inlined: a new commit's header.
-            header = raw[:_HEADER]
-            payload = raw[_HEADER:]
-            _add_run(out, len(seqs), from_bytes(raw[1:9], "big"))
-        else:
-            try:
-                record = codec.decode_event(raw)
-            except codec.CorruptRecordError as exc:
-                corrupt.append((key, str(exc)))
-                ledger.cursor = seq + 1
-                continue
-            header = b""
-            payload = record.payload
-            _add_run(out, len(seqs), record.enqueued_unix_nano)
-        if seqs and size + len(payload) > max_bytes:
-            ledger.cursor = seq
-            out.payload_bytes = size
-            return
-        add_seq(seq)
-        add_payload(payload)
-        add_size(stored)
-        size += len(payload)
-        room -= 1
-        if room <= 0:
+        first = int.from_bytes(key, "big")
+        try:
+            group = codec.decode_group(raw)
+        except codec.CorruptRecordError as exc:
+            corrupt.append((key, str(exc)))
+            ledger.cursor = max(ledger.cursor, first + 1)
+            continue
+        events = group.payloads
+        skip = max(0, ledger.cursor - first)  # a group the last batch took part of
+        room = max_events - len(seqs)
+        if seqs and len(events) - skip > room and len(seqs) >= half:
+            break  # the next batch takes the whole group
+        take = events[skip : skip + room]
+        if size + sum(map(len, take)) > max_bytes:
+            take = _within(take, max_bytes - size, not seqs)
+        if not take:
             break
-    ledger.cursor = seq + 1
+        _add_run(out, len(seqs), group.enqueued_unix_nano)
+        start = first + skip
+        seqs.extend(range(start, start + len(take)))
+        payloads.extend(take)
+        sizes.extend(map(_GROUP_OVERHEAD.__add__, map(len, take)))
+        size += sum(map(len, take))
+        ledger.cursor = start + len(take)
+        if len(take) < len(events) - skip or len(seqs) >= max_events:
+            break
     out.payload_bytes = size
+
+
+def _within(payloads: list[bytes], budget: int, at_least_one: bool) -> list[bytes]:
+    """The longest prefix of ``payloads`` within ``budget`` bytes (the first one regardless, if
+    ``at_least_one``: a batch always takes an event)."""
+    total = 0
+    for n, payload in enumerate(payloads):
+        total += len(payload)
+        if total > budget:
+            return payloads[: max(n, 1 if at_least_one else 0)]
+    return payloads
 
 
 def _add_run(out: LeasedBatch, index: int, enqueued_unix_nano: int) -> None:

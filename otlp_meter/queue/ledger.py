@@ -17,7 +17,7 @@ from otlp_meter.telemetry.logging import get_logger
 
 log = get_logger("queue")
 
-SCHEMA_VERSION = b"3"
+SCHEMA_VERSION = b"4"
 """Layout of the named databases below; bump it (with a migration) when the layout changes.
 
 2: events in envelope 2 (:mod:`~otlp_meter.queue.codec`), multi-key expiry index entries.
@@ -30,8 +30,15 @@ within their window: opening it for writing records in ``meta`` (:data:`LEGACY_U
 latest expiry among them, and until then appends look up each event's old key as well
 (:func:`legacy_until`). An older otlp-meter refuses a schema-3 queue: it would not find the new
 keys, and let copies through.
+
+4: events stored in groups (envelope 3: the events of one append, up to
+:data:`~otlp_meter.queue.codec.GROUP_MAX_EVENTS`, in one record under the sequence of the first).
+Records of envelopes 1 and 2 are still read, as groups of one, so opening a queue of schema 1 to 3
+only marks it 4 (keys are unchanged from 3); an older otlp-meter refuses a schema-4 queue, whose
+groups it would take for corrupt records.
 """
-_READABLE_SCHEMAS = (b"1", b"2", SCHEMA_VERSION)
+_READABLE_SCHEMAS = (b"1", b"2", b"3", SCHEMA_VERSION)
+_SCHEMAS_WITH_LEGACY_KEYS = (b"1", b"2")
 
 LEGACY_UNTIL_KEY = b"dedupe_legacy_until"
 """``meta`` key: Unix ns (8-byte big-endian) until which the dedupe set may hold keys of the format
@@ -49,8 +56,9 @@ _DB_NAMES = (b"events", b"dedupe", b"dedupe_expiry", b"dead", b"corrupt", b"stat
 class Handles:
     """The environment and its named databases.
 
-    ``events``  seq (8-byte big-endian) → envelope 2 (13-byte header + the JSON), or envelope 1
-                (QueuedEvent) if written before schema 2
+    ``events``  seq (8-byte big-endian) of a group's first event → envelope 3 (a header, the
+                lengths, the JSON payloads; the group holds seq … seq + count - 1); envelope 2
+                (13-byte header + the JSON) or 1 (QueuedEvent), one event each, if written before
     ``dedupe``  16-byte key → expiry (8-byte big-endian Unix nanoseconds); an event's key is its
                 time (6 bytes of Unix ms) + 10 bytes of the (source, id) hash since schema 3, the
                 16-byte hash before; a rejected record's key is a 16-byte hash
@@ -138,7 +146,7 @@ class Ledger:
     """The last counters this process committed or read (the writer re-reads them per transaction)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     leased: dict[int, int] = field(default_factory=dict)
-    """Leased sequence → bytes of its stored record, so an ack can delete without reading."""
+    """Leased sequence → bytes the event takes in its stored group."""
     released: list[int] = field(default_factory=list)
     cursor: int = 0
     quarantining: set[bytes] = field(default_factory=set)
@@ -196,8 +204,8 @@ def open_environment(path: Path, map_size: int, sync: bool, readonly: bool = Fal
                     "by a newer one?)",
                     retry_after=60.0,
                 )
-            if version != SCHEMA_VERSION and not readonly:  # a new queue, or one of schema 1 or 2
-                if version is not None:
+            if version != SCHEMA_VERSION and not readonly:  # a new queue, or one of schema 1 to 3
+                if version in _SCHEMAS_WITH_LEGACY_KEYS:
                     _mark_legacy_keys(txn, handles)
                 txn.put(_SCHEMA_KEY, SCHEMA_VERSION, db=handles.meta)
     except lmdb.Error as exc:
@@ -238,14 +246,16 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
     """The persisted counters, checked against LMDB's own entry counts.
 
     Returns ``(counters, repaired)``. They only disagree if the file was written by something else
-    than this module; then the byte totals are recomputed by a scan (slow, but right).
+    than this module; then the totals are recomputed by a scan (slow, but right). A record of
+    ``events`` holds one event or more (a group), so its entries bound the depth from below.
     """
     raw = txn.get(_COUNTERS_KEY, db=h.meta)
     stored = Counters.unpack(raw) if raw is not None else None
     counters = stored if stored is not None else Counters()
     repaired = stored is None or len(raw or b"") != _COUNTERS.size
-    if counters.depth != txn.stat(h.events)["entries"]:
-        counters.depth, counters.size = _scan_sizes(txn, h.events)
+    records = txn.stat(h.events)["entries"]
+    if records > counters.depth or (records == 0) != (counters.depth == 0):
+        counters.depth, counters.size = _scan_events(txn, h.events)
         repaired = True
     if counters.dead_count != txn.stat(h.dead)["entries"]:
         counters.dead_count, counters.dead_size = _scan_sizes(txn, h.dead)
@@ -254,6 +264,8 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
         cursor = txn.cursor(db=db)
         if cursor.last() and len(cursor.key()) == 8:
             last = codec.key_seq(cursor.key())
+            if db is h.events:  # the last sequence of the last group
+                last += codec.record_count(cursor.value()) - 1
             if getattr(counters, attr) <= last:
                 setattr(counters, attr, last + 1)
                 repaired = True
@@ -283,6 +295,15 @@ def storage_used_bytes(txn: lmdb.Transaction[bytes], h: Handles) -> int:
         stat = txn.stat(db)
         pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
     return pages * int(h.env.stat()["psize"])
+
+
+def _scan_events(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> tuple[int, int]:
+    """(events, bytes) stored in ``events``: a group counts its events."""
+    count = size = 0
+    for _key, value in txn.cursor(db=db):
+        count += codec.record_count(value)
+        size += len(value)
+    return count, size
 
 
 def _scan_sizes(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> tuple[int, int]:

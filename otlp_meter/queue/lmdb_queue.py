@@ -7,6 +7,8 @@
 * ``append`` makes events, their dedupe keys, dead letters for rejected records and the caller's
   state changes durable in one synced commit before it returns; copies of events seen within the
   dedupe window are dropped and counted.
+* Events are stored in groups, the events of one append (up to 500) in one record
+  (:mod:`otlp_meter.queue.codec`, envelope 3), each event still with a sequence of its own.
 * ``lease`` hands out the oldest events nobody holds; ``ack`` deletes delivered ones; ``release``
   gives them back; ``dead_letter`` moves refused ones aside with the destination's answer. Leases
   live in memory only: after a restart every stored event is leased again, and the destination sees

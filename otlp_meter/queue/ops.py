@@ -80,7 +80,6 @@ class AppendOp(Op[AppendResult]):
         for key, expected in self.expect.items():
             if g.txn.get(key, db=g.h.state) != expected:
                 raise Refused(StateConflictError(f"state {key!r} changed since it was read"))
-        header = codec.event_header(g.now_ns)
         remembered: list[bytes] = []
         dead: list[bytes] = []
         ordered = False
@@ -93,11 +92,11 @@ class AppendOp(Op[AppendResult]):
             old = g.window(legacy)[1] if legacy is not None else set()
             if not seen and not old and len(distinct) == len(keys) + len(rejection_keys):
                 # The usual case: all new, no copies within the request either.
-                records = list(map(header.__add__, [e.payload for e in events]))
+                payloads = [e.payload for e in events]
                 dead = [_rejection_letter(r, g.now_ns) for r in self.rejected]
                 remembered, ordered = distinct, True
             else:
-                records = []
+                payloads = []
                 for n, (event, key) in enumerate(zip(events, keys, strict=True)):
                     if key in seen:  # a copy: of one in the window, or of one earlier in this request
                         continue
@@ -105,7 +104,7 @@ class AppendOp(Op[AppendResult]):
                         continue  # a copy of one remembered before the upgrade, in its window
                     seen.add(key)
                     remembered.append(key)
-                    records.append(header + event.payload)
+                    payloads.append(event.payload)
                 for rejection, key in zip(self.rejected, rejection_keys, strict=True):
                     if key in seen:
                         continue  # the same record was already dead-lettered by an earlier try
@@ -113,13 +112,14 @@ class AppendOp(Op[AppendResult]):
                     remembered.append(key)
                     dead.append(_rejection_letter(rejection, g.now_ns))
         else:
-            records = [header + event.payload for event in events]
+            payloads = [event.payload for event in events]
             dead = [_rejection_letter(rejection, g.now_ns) for rejection in self.rejected]
-        duplicates = len(events) - len(records)
+        duplicates = len(events) - len(payloads)
+        records = codec.encode_groups(payloads, g.now_ns)
 
         puts = [len(key) + len(value) for key, value in self.state.items() if value is not None]
         g.check_room(sum(map(len, records)), sum(map(len, dead)), len(remembered) + len(puts), sum(puts))
-        g.put_events(records)
+        g.put_groups(records, len(payloads))
         for record in dead:
             g.put_dead(record)
         g.remember(remembered, ordered=ordered)
@@ -132,9 +132,9 @@ class AppendOp(Op[AppendResult]):
         g.counters.accepted += len(events)
         g.counters.deduplicated += duplicates
         g.counters.records_rejected += len(dead)
-        if records and self.loop is not None:
+        if payloads and self.loop is not None:
             g.appended_loops.add(self.loop)
-        return AppendResult(appended=len(records), deduplicated=duplicates, dead_lettered=len(dead))
+        return AppendResult(appended=len(payloads), deduplicated=duplicates, dead_lettered=len(dead))
 
 
 def _rejection_letter(rejection: Rejection, now_ns: int) -> bytes:
@@ -165,10 +165,10 @@ class DeadLetterOp(Op[None]):
         return sum(len(e.payload) + len(reason) + 64 for e, reason in self.items)
 
     def apply(self, g: Group) -> None:
-        moves: dict[int, tuple[int, bytes]] = {}  # seq → (bytes stored, dead letter)
+        moves: dict[int, bytes] = {}  # seq → dead letter
+        stored = g.stored(event.seq for event, _reason in self.items)
         for event, reason in self.items:
-            stored = None if event.seq in moves else g.txn.get(codec.seq_key(event.seq), db=g.h.events)
-            if stored is None:
+            if event.seq in moves or event.seq not in stored:
                 continue  # already moved in this op, or acked meanwhile
             source, id = codec.event_attributes(event.payload)
             dead = codec.DeadRecord(
@@ -181,10 +181,10 @@ class DeadLetterOp(Op[None]):
                 dead_unix_nano=g.now_ns,
                 rule="",
             )
-            moves[event.seq] = (len(stored), codec.encode_dead_letter(dead))
-        g.check_room(0, sum(len(record) for _, record in moves.values()))
-        for seq, (size, record) in moves.items():
-            g.delete_event(seq, size)
+            moves[event.seq] = codec.encode_dead_letter(dead)
+        g.check_room(0, sum(map(len, moves.values())))
+        g.delete_events(list(moves))
+        for record in moves.values():
             g.put_dead(record)
         g.counters.dead_lettered += len(moves)
 
@@ -267,9 +267,11 @@ class QuarantineOp(Op[None]):
             if raw is None:
                 continue
             g.txn.put(key, raw, db=g.h.corrupt)
-            g.counters.depth -= 1
+            # A group goes with all its events (its header says how many, if it can be read).
+            events = min(codec.record_count(raw), g.counters.depth)
+            g.counters.depth -= events
             g.counters.size -= len(raw)
-            g.counters.corrupt += 1
+            g.counters.corrupt += events
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -320,7 +322,6 @@ class ReplayOp(Op[ReplayResult]):
             items.append(item)
         freed = sum(map(len, present.values()))
         offered = sum(len(item.events) for item in items)
-        header = codec.event_header(g.now_ns)
         both = [g.event_keys(item.events) if g.dedupe else ([], None) for item in items]
         keys = [item_keys for item_keys, _legacy in both]
         # A requeued event is its own earlier copy: the window remembers it, and must not drop the
@@ -336,7 +337,7 @@ class ReplayOp(Op[ReplayResult]):
             for k in legacy or ()
         )[1]
         remembered: list[bytes] = []
-        records: list[bytes] = []
+        payloads: list[bytes] = []
         dead: list[bytes] = []
         for item, (item_keys, item_legacy) in zip(items, both, strict=True):
             for n, event in enumerate(item.events):
@@ -348,7 +349,7 @@ class ReplayOp(Op[ReplayResult]):
                         continue
                     seen.add(key)
                     remembered.append(key)
-                records.append(header + event.payload)
+                payloads.append(event.payload)
             if item.rejected:
                 first_dead_ns, attempts = _history(present[item.dead_seq], g.now_ns)
             for rejection in item.rejected:
@@ -359,12 +360,13 @@ class ReplayOp(Op[ReplayResult]):
                 letter = codec.dead_record_for_rejection(rejection, first_dead_ns)
                 letter = dataclasses.replace(letter, attempts=attempts + 1)
                 dead.append(codec.encode_dead_letter(letter))
-        duplicates = offered - len(records)
+        duplicates = offered - len(payloads)
+        records = codec.encode_groups(payloads, g.now_ns)
 
         g.check_room(sum(map(len, records)), max(0, sum(map(len, dead)) - freed), len(remembered))
         for seq in present:
             g.pop_dead(seq)
-        g.put_events(records)
+        g.put_groups(records, len(payloads))
         for record in dead:
             g.put_dead(record)
         g.remember(remembered)
@@ -375,11 +377,11 @@ class ReplayOp(Op[ReplayResult]):
         c.dead_replayed += len(present)
         c.records_rejected += len(dead)
         g.deduplicated += duplicates
-        if records and self.loop is not None:
+        if payloads and self.loop is not None:
             g.appended_loops.add(self.loop)
         return ReplayResult(
             replayed=len(present),
-            appended=len(records),
+            appended=len(payloads),
             deduplicated=duplicates,
             rejected=len(dead),
             missing=len(self.items) - len(present),

@@ -10,13 +10,43 @@ from otlp_meter.queue.ledger import Handles
 from otlp_meter.queue.types import DeadLetterEntry
 
 
-def decode_or_none(raw: bytes | None) -> codec.QueuedRecord | None:
+def decode_or_none(raw: bytes | None) -> codec.QueuedGroup | None:
     if raw is None:
         return None
     try:
-        return codec.decode_event(raw)
+        return codec.decode_group(raw)
     except codec.CorruptRecordError:
         return None
+
+
+def holds(key: bytes, raw: bytes, seq: int) -> bool:
+    """Whether the ``events`` record ``key`` → ``raw`` holds sequence ``seq`` (a group holds the
+    sequences from its key on, one per event)."""
+    if len(key) != 8:
+        return False
+    first = codec.key_seq(key)
+    return first <= seq < first + codec.record_count(raw)
+
+
+def seek(cursor: lmdb.Cursor[bytes], seq: int) -> bool:
+    """Put ``cursor`` (on ``events``) on the record holding ``seq``, else on the first record
+    after it; False if there is none. Whether it holds ``seq``: :func:`holds`."""
+    key = codec.seq_key(seq)
+    if cursor.set_range(key):
+        if cursor.key() == key:
+            return True
+        if cursor.prev() and holds(cursor.key(), cursor.value(), seq):
+            return True
+        return cursor.set_range(key)
+    return cursor.last() and holds(cursor.key(), cursor.value(), seq)
+
+
+def seek_holding(cursor: lmdb.Cursor[bytes], seq: int) -> bool:
+    """Put ``cursor`` on the record holding ``seq``; False if no record holds it."""
+    if not seek(cursor, seq):
+        return False
+    key = cursor.key()
+    return key == codec.seq_key(seq) or holds(key, cursor.value(), seq)
 
 
 def oldest_enqueued_at(txn: lmdb.Transaction[bytes], h: Handles) -> float | None:

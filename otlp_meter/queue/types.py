@@ -33,7 +33,7 @@ class LeasedEvent(NamedTuple):
     """The CloudEvent JSON object, ready to be joined into a batch body."""
     enqueued_unix_nano: int
     stored_size: int
-    """Bytes of the stored record (envelope included): an ack deletes it without reading it back."""
+    """Bytes the event takes in its stored group: its payload and its length."""
 
     @property
     def enqueued_at(self) -> float:
@@ -76,7 +76,7 @@ class LeasedBatch(Sequence[LeasedEvent]):
         self.seqs: list[int] = [] if seqs is None else seqs
         self.payloads: list[bytes] = [] if payloads is None else payloads
         self.sizes: list[int] = [] if sizes is None else sizes
-        """Bytes of each stored record (envelope included)."""
+        """Bytes each event takes in its stored group (:attr:`LeasedEvent.stored_size`)."""
         self.runs: list[tuple[int, int]] = [] if runs is None else runs
         self.payload_bytes = sum(map(len, self.payloads))
 

@@ -373,7 +373,8 @@ def test_a_record_corrupted_on_disk_is_moved_aside_and_counted_and_the_rest_is_d
     service = service_factory(config()).start()
     client = LogsClient(service.grpc_endpoint)
     try:
-        client.send(logs(range(20)))
+        for n in range(20):  # a request each: a stored record (a group of events) each
+            client.send(logs([n]))
     finally:
         client.close()
     assert service.stop() == 0

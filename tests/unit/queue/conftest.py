@@ -54,6 +54,26 @@ def rejection(
 QueueFactory = Callable[..., LmdbQueue]
 
 
+async def append_each(queue: LmdbQueue, batch: list[EncodedEvent]) -> None:
+    """Append ``batch`` one event per append: a stored record (a group) per event."""
+    for e in batch:
+        await queue.append([e])
+
+
+def stored_bytes(queue: LmdbQueue) -> int:
+    """Bytes of the records in ``events`` as they are on disk (what ``stats().bytes`` counts)."""
+    h = queue._require_handles()
+    with h.env.begin(db=h.events) as txn:
+        return sum(len(value) for _key, value in txn.cursor())
+
+
+def stored_records(queue: LmdbQueue) -> int:
+    """Records (groups) in ``events``."""
+    h = queue._require_handles()
+    with h.env.begin() as txn:
+        return int(txn.stat(h.events)["entries"])
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

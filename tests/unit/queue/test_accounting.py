@@ -8,7 +8,7 @@ import lmdb
 from otlp_meter.queue import LmdbQueue, QueueStats
 from otlp_meter.queue.ledger import Counters
 from otlp_meter.queue.types import Accounting, ReplayItem
-from tests.unit.queue.conftest import QueueFactory, events, rejection
+from tests.unit.queue.conftest import QueueFactory, append_each, events, rejection
 from tests.unit.queue.test_corrupt_records import overwrite_event
 
 
@@ -46,7 +46,7 @@ async def test_every_outcome_is_counted_and_the_identities_hold_after_each_step(
 
 async def test_totals_survive_a_restart_and_count_moved_aside_records(make_queue: QueueFactory) -> None:
     queue = make_queue()
-    await queue.append(events(0, 3))
+    await append_each(queue, events(0, 3))
     queue.close()
     overwrite_event(queue, 2, b"garbage")
 
@@ -120,7 +120,7 @@ async def test_acks_by_delete_keep_the_byte_counter_exact_whatever_was_acked(que
 
 async def test_an_ack_of_an_event_moved_aside_as_corrupt_counts_nothing(make_queue: QueueFactory) -> None:
     queue = make_queue()
-    await queue.append(events(0, 2))
+    await append_each(queue, events(0, 2))
     leased = queue.lease(max_events=2, max_bytes=1 << 20)
     queue.close()
     overwrite_event(queue, 2, b"garbage")

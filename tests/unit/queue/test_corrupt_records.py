@@ -6,11 +6,12 @@ import lmdb
 
 from otlp_meter.queue import LmdbQueue
 from otlp_meter.queue.codec import seq_key
-from tests.unit.queue.conftest import QueueFactory, events
+from tests.unit.queue.conftest import QueueFactory, append_each, events
 
 
 def overwrite_event(queue: LmdbQueue, seq: int, garbage: bytes) -> None:
-    """Damage a stored record in place, as bit rot would: same length, other bytes.
+    """Damage the stored record at ``seq`` in place, as bit rot would: same length, other bytes
+    (a group: all of its events; the tests append one event per group, :func:`append_each`).
 
     Written with lmdb directly, behind the closed queue's back.
     """
@@ -29,7 +30,7 @@ async def test_a_corrupt_record_is_moved_aside_and_counted_and_the_others_are_le
     make_queue: QueueFactory,
 ) -> None:
     queue = make_queue()
-    await queue.append(events(0, 3))
+    await append_each(queue, events(0, 3))
     queue.close()
     overwrite_event(queue, 2, b"\xde\xad not a record")
 
@@ -47,7 +48,7 @@ async def test_a_record_with_an_unknown_envelope_version_is_treated_as_corrupt(
     make_queue: QueueFactory,
 ) -> None:
     queue = make_queue()
-    await queue.append(events(0, 2))
+    await append_each(queue, events(0, 2))
     queue.close()
     overwrite_event(queue, 1, b"\x09" + b"from the future")
 
@@ -59,7 +60,7 @@ async def test_a_record_with_an_unknown_envelope_version_is_treated_as_corrupt(
 
 async def test_a_corrupt_record_is_not_leased_again_after_a_restart(make_queue: QueueFactory) -> None:
     queue = make_queue()
-    await queue.append(events(0, 2))
+    await append_each(queue, events(0, 2))
     queue.close()
     overwrite_event(queue, 1, b"garbage")
     reopened = make_queue()

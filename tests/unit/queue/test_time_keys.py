@@ -160,7 +160,7 @@ async def test_an_upgrade_records_until_when_old_keys_matter(
 
     queue = make_queue()
 
-    assert meta(queue, b"schema_version") == b"3"
+    assert meta(queue, b"schema_version") == b"4"
     assert meta(queue, LEGACY_UNTIL_KEY) == codec.encode_expiry(until)
     assert until == int(clock.now * 1e9) + HOUR_NS
     leased = queue.lease(max_events=10, max_bytes=1 << 20)  # schema-2 events still drain
@@ -174,7 +174,7 @@ async def test_an_upgrade_without_dedupe_keys_records_nothing(
 
     queue = make_queue()
 
-    assert (meta(queue, b"schema_version"), meta(queue, LEGACY_UNTIL_KEY)) == (b"3", None)
+    assert (meta(queue, b"schema_version"), meta(queue, LEGACY_UNTIL_KEY)) == (b"4", None)
 
 
 async def test_reading_a_schema_2_queue_does_not_upgrade_it(
@@ -194,10 +194,10 @@ async def test_a_newer_schema_is_refused(make_queue: QueueFactory) -> None:
     queue = make_queue()
     h = queue._require_handles()
     with h.env.begin(write=True) as txn:
-        txn.put(b"schema_version", b"4", db=h.meta)
+        txn.put(b"schema_version", b"5", db=h.meta)
     queue.close()
 
-    with pytest.raises(StorageError, match="schema version 4"):
+    with pytest.raises(StorageError, match="schema version 5"):
         make_queue()
 
 

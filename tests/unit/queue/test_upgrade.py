@@ -62,7 +62,7 @@ async def test_envelope_1_events_drain_after_an_upgrade(make_queue: QueueFactory
     stats = queue.stats()
     assert (stats.depth, stats.bytes) == (0, 0)
     assert balanced(stats).delivered == 4
-    assert schema_version(queue) == b"3"
+    assert schema_version(queue) == b"4"
 
 
 async def test_keys_of_the_old_expiry_index_still_drop_copies_and_still_expire(
@@ -97,4 +97,4 @@ async def test_an_older_otlp_meter_is_kept_out_of_an_upgraded_queue(
 ) -> None:
     write_schema_1_queue(make_queue(), clock, 1)
 
-    assert schema_version(make_queue()) == b"3"  # which schema 1 refuses to open ("newer")
+    assert schema_version(make_queue()) == b"4"  # which schema 1 refuses to open ("newer")
