@@ -148,6 +148,10 @@ class Ledger:
     leased: dict[int, int] = field(default_factory=dict)
     """Leased sequence → bytes the event takes in its stored group."""
     released: list[int] = field(default_factory=list)
+    unpublished_removals: int = 0
+    """Leased events the writer's commit in progress deletes, counted from just before the commit
+    until the writer pops them from ``leased``: so that ``depth - leased`` read in between (the
+    depth already committed, the leases not yet forgotten) does not count them twice."""
     cursor: int = 0
     quarantining: set[bytes] = field(default_factory=set)
     deduplicated_total: int = 0

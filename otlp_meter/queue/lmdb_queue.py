@@ -324,7 +324,9 @@ class LmdbQueue:
             h = self._require_handles()
             with h.env.begin() as txn:
                 counters = read_counters(txn, h) or ledger.counters
-            return counters.depth - len(ledger.leased)
+            # Deleted on disk but still in the lease book (the writer has not published its commit
+            # yet): not leased any more, and not available either.
+            return counters.depth - len(ledger.leased) + ledger.unpublished_removals
 
     def stats(self) -> QueueStats:
         """A snapshot read from disk. Also answers when the queue is closed (last known values)."""

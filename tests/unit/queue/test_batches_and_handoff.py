@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from otlp_meter.queue import LmdbQueue
+from otlp_meter.queue import LmdbQueue, QueueConfig
 from otlp_meter.queue.ops import PruneOp
 from otlp_meter.queue.types import LeasedBatch, LeasedEvent
 from otlp_meter.queue.writer import _settle_all_threadsafe
@@ -249,3 +250,29 @@ async def test_concurrent_appends_wake_their_loop_once_per_commit(make_queue: Qu
     assert calls == commits  # one wake-up per commit, on_append included
     assert appended == commits
     assert queue.stats().depth == 500
+
+
+async def test_an_acked_batch_is_neither_leased_nor_available_while_its_commit_is_published(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """``on_commit`` runs after the commit and before the lease book forgets the deleted events:
+    ``available`` read then must not subtract them from the committed depth a second time (it once
+    did, and the exporter, seeing less than a batch, waited a whole flush interval)."""
+    seen: list[int] = []
+    queue = LmdbQueue(
+        QueueConfig.model_validate({"directory": tmp_path, "sync": False}),
+        clock=clock,
+        on_commit=lambda _seconds, _ops: seen.append(queue.available()),
+    )
+    queue.open()
+    try:
+        await queue.append(events(0, 30))
+        batch = queue.lease(max_events=10, max_bytes=1 << 20)
+        seen.clear()
+
+        await queue.ack(batch.seqs)
+
+        assert seen == [20]
+        assert queue.available() == 20
+    finally:
+        queue.close()
