@@ -61,8 +61,10 @@ GROUP_HEADER = struct.Struct(">BQII")
 GROUP_HEADER_SIZE = GROUP_HEADER.size
 GROUP_MAX_EVENTS = 500
 """Most events in one group: half the exporter's default batch, so batches take whole groups."""
-GROUP_MAX_BYTES = 1024 * 1024
-"""Most payload bytes in one group (one event larger than this is a group of its own)."""
+GROUP_MAX_BYTES = 128 * 1024
+"""Most payload bytes in one group (one event larger than this is a group of its own). An ack of
+part of a group writes the rest back, so this stays below the map's headroom for deletes
+(:func:`~otlp_meter.queue.group.storage_headroom`, at least 256 KiB)."""
 _LENGTHS_SWAP = sys.byteorder == "little"
 _U32 = "I" if array("I").itemsize == 4 else "L"
 
@@ -315,10 +317,11 @@ def encode_groups(payloads: Sequence[bytes], enqueued_unix_nano: int) -> list[by
 
 def record_count(raw: bytes) -> int:
     """How many events an ``events`` record holds, from its header alone (1 unless a group says
-    more; a group with an unreadable header counts as 1)."""
+    more; a group with an unreadable header counts as 1). A damaged count is bounded by what the
+    record's bytes could hold (a length and at least one byte per event)."""
     if len(raw) >= GROUP_HEADER_SIZE and raw[0] == GROUP_ENVELOPE:
         count: int = GROUP_HEADER.unpack_from(raw)[3]
-        return max(1, count)
+        return max(1, min(count, (len(raw) - GROUP_HEADER_SIZE) // 5))
     return 1
 
 

@@ -208,7 +208,8 @@ class Group:
             group = reads.decode_or_none(cursor.value())
             if group is not None:
                 first = codec.key_seq(cursor.key())
-                found.update(s for s in wanted if first <= s < first + len(group.payloads))
+                low = bisect.bisect_left(wanted, first)
+                found.update(wanted[low : bisect.bisect_left(wanted, first + len(group.payloads), low)])
         return found
 
     def delete_events(self, seqs: Sequence[int]) -> int:
@@ -335,6 +336,11 @@ class Group:
                 self.evicted += evicted
                 self.counters.dedupe_evicted += evicted
         c = self.counters
+        if min(c.depth, c.size, c.dead_count, c.dead_size) < 0:
+            # Only possible if a damaged record miscounted; the next start recounts from the records.
+            log.warning("queue_counters_reset", counters=str(c), reason="a counter went below zero")
+            c.depth, c.size = max(c.depth, 0), max(c.size, 0)
+            c.dead_count, c.dead_size = max(c.dead_count, 0), max(c.dead_size, 0)
         if (c.depth == 0 and c.size != 0) or (c.dead_count == 0 and c.dead_size != 0):
             # Only possible if records were changed behind our back; empty means zero bytes.
             log.warning(

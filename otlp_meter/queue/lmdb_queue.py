@@ -326,7 +326,9 @@ class LmdbQueue:
                 counters = read_counters(txn, h) or ledger.counters
             # Deleted on disk but still in the lease book (the writer has not published its commit
             # yet): not leased any more, and not available either.
-            return counters.depth - len(ledger.leased) + ledger.unpublished_removals
+            pending = ledger.unpublished
+            deleted = pending[1] if pending is not None and pending[0] == counters else 0
+            return counters.depth - len(ledger.leased) + deleted
 
     def stats(self) -> QueueStats:
         """A snapshot read from disk. Also answers when the queue is closed (last known values)."""

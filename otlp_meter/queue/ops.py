@@ -143,8 +143,10 @@ def _rejection_letter(rejection: Rejection, now_ns: int) -> bytes:
 
 @dataclass(eq=False, slots=True, kw_only=True)
 class AckOp(Op[None]):
-    """Delete delivered events (any order; runs of consecutive ones, the usual batch, are deleted
-    with one cursor walk: see :meth:`Group.delete_events`)."""
+    """Delete delivered events (any order, repeats and gone ones counted once; see
+    :meth:`Group.delete_events`). It only frees space, except that the rest of a group acked in
+    part is written back (at most :data:`~otlp_meter.queue.codec.GROUP_MAX_BYTES`, which the
+    headroom kept for deletes covers)."""
 
     seqs: Sequence[int]
 
@@ -267,8 +269,13 @@ class QuarantineOp(Op[None]):
             if raw is None:
                 continue
             g.txn.put(key, raw, db=g.h.corrupt)
-            # A group goes with all its events (its header says how many, if it can be read).
+            # A group goes with all its events: as many as its header says, if it can be read, but
+            # no more than the sequences up to the next record (a damaged header can claim any).
             events = min(codec.record_count(raw), g.counters.depth)
+            if len(key) == 8:
+                after = g.txn.cursor(db=g.h.events)
+                following = codec.key_seq(after.key()) if after.set_range(key) else g.counters.next_seq
+                events = min(events, max(1, following - codec.key_seq(key)))
             g.counters.depth -= events
             g.counters.size -= len(raw)
             g.counters.corrupt += events

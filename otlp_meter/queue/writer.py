@@ -222,13 +222,13 @@ class Writer:
                     outcomes.append((op, None, refused))
             group.finish()
             with self._ledger.lock:
-                leased = self._ledger.leased
-                self._ledger.unpublished_removals = sum(map(leased.__contains__, group.removed_seqs))
+                deleted = sum(map(self._ledger.leased.__contains__, group.removed_seqs))
+                self._ledger.unpublished = (group.counters.copy(), deleted) if deleted else None
             txn.commit()
         except BaseException:
             txn.abort()
             with self._ledger.lock:
-                self._ledger.unpublished_removals = 0
+                self._ledger.unpublished = None
             raise
         return group, outcomes
 
@@ -256,7 +256,7 @@ class Writer:
             ledger.commits_total += 1
             # Forget the leases of what was deleted: map() runs the pops in C, one per event.
             deque(map(ledger.leased.pop, group.removed_seqs, repeat(None)), maxlen=0)
-            ledger.unpublished_removals = 0
+            ledger.unpublished = None
             ledger.quarantining.difference_update(group.quarantined)
             if any(refused is not None and refused.full for _, _, refused in outcomes):
                 ledger.full_at_size = group.counters.size

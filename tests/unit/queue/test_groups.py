@@ -313,3 +313,31 @@ async def test_a_damaged_group_is_moved_aside_with_all_its_events_counted(make_q
 
     stats = reopened.stats()
     assert (stats.depth, stats.corrupt_records, balanced(stats).corrupt) == (2, 1, 5)
+
+
+async def test_a_group_whose_event_count_is_damaged_is_moved_aside_with_no_more_than_it_held(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    await queue.append(events(0, 5))  # sequences 1-5
+    await queue.append(events(5, 8))  # sequences 6-8
+    queue.close()
+    config = queue.config
+    h = open_environment(config.path, config.effective_map_size(), sync=False)
+    try:
+        with h.env.begin(write=True) as txn:
+            raw = txn.get(codec.seq_key(1), db=h.events)
+            assert raw is not None
+            count_flipped = raw[:13] + (5 | 1 << 20).to_bytes(4, "big") + raw[17:]  # one bit of rot
+            txn.put(codec.seq_key(1), count_flipped, db=h.events)
+    finally:
+        h.env.close()
+
+    reopened = make_queue()
+    batch = reopened.lease(max_events=100, max_bytes=BIG)
+    await reopened.append(events(100, 101))  # the move aside is committed by now
+    await reopened.ack(batch.seqs)
+
+    assert batch.seqs == [6, 7, 8]
+    stats = reopened.stats()
+    assert (stats.depth, stats.bytes, balanced(stats).corrupt) == (1, stored_bytes(reopened), 5)
