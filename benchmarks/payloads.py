@@ -40,6 +40,12 @@ Kind = Literal["genai-logs", "cumulative-sums", "cumulative-histograms", "cloude
 Encoding = Literal["protobuf", "json"]
 
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z: log record times start here
+RECORD_SPACING_NS = 10_000
+"""A client's log record times advance 10 µs per record (100 records per millisecond, more than any
+client sends here per millisecond of wall time), as a source's clock does. They once advanced 1 ns
+per record: a client's whole run fell in one millisecond, and since the queue's dedupe keys start
+with the event's millisecond, every key was a random insert into a growing index (about half of
+S2's CPU), a load no real source makes."""
 _MARK = 0xA5C3_0000_0000_0000  # fixed64 markers: this high half never occurs in a real request
 _SIGNED_MARK = 0x25C3_0000_0000_0000  # the same for sfixed64 fields (below 2**63)
 _DEC_MARK = 1_111_000_000_000_000_000  # 19-digit JSON integer markers
@@ -240,8 +246,8 @@ def _cloudevents(size: int, client: int) -> tuple[bytes, dict[bytes, tuple[SlotK
 def template(workload: Workload, client: int, start_ns: int | None = None) -> Template:
     """The template of ``workload`` for ``client`` (client numbers keep clients' records apart).
 
-    Values for request ``seq``: log and event times/ids ``base + seq * size + i`` (unique per client
-    and request); cumulative points advance 1 ms per export and grow by ``i % 7 + 1`` (sums) or by 5
+    Values for request ``seq``: log record times ``base + (seq * size + i) * RECORD_SPACING_NS``, ids
+    ``base + seq * size + i`` (unique per client and request); cumulative points advance 1 ms per export and grow by ``i % 7 + 1`` (sums) or by 5
     observations summing to 12.5 ms (histograms), from ``start_ns`` (default: now, so the collector
     treats each stream as new since its first start and bills its first point too).
     """
@@ -252,7 +258,7 @@ def template(workload: Workload, client: int, start_ns: int | None = None) -> Te
     def value(kind: SlotKind, i: int, seq: int) -> int:
         if kind == "time":
             if workload.kind == "genai-logs":
-                return base + seq * size + i
+                return base + (seq * size + i) * RECORD_SPACING_NS
             return start + (seq + 1) * 1_000_000
         if kind == "id":
             return (client << 36) + seq * size + i
