@@ -246,10 +246,11 @@ def _cloudevents(size: int, client: int) -> tuple[bytes, dict[bytes, tuple[SlotK
 def template(workload: Workload, client: int, start_ns: int | None = None) -> Template:
     """The template of ``workload`` for ``client`` (client numbers keep clients' records apart).
 
-    Values for request ``seq``: log record times ``base + (seq * size + i) * RECORD_SPACING_NS``, ids
-    ``base + seq * size + i`` (unique per client and request); cumulative points advance 1 ms per export and grow by ``i % 7 + 1`` (sums) or by 5
-    observations summing to 12.5 ms (histograms), from ``start_ns`` (default: now, so the collector
-    treats each stream as new since its first start and bills its first point too).
+    Values for request ``seq``: log record times ``base + (seq * size + i) * RECORD_SPACING_NS`` and
+    ids ``(client << 36) + seq * size + i`` (unique per client and request); cumulative points
+    advance 1 ms per export and grow by ``i % 7 + 1`` (sums) or by 5 observations summing to 12.5 ms
+    (histograms), from ``start_ns`` (default: now, so the collector treats each stream as new since
+    its first start and bills its first point too).
     """
     size = workload.size
     start = time.time_ns() if start_ns is None else start_ns

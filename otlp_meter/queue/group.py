@@ -86,11 +86,12 @@ class Group:
         """``keys`` sorted without repeats, and those of them remembered with an expiry after now
         (copies within the window; keys remembered earlier in this transaction included).
 
-        Only keys from the first stored one at or after the smallest wanted key need a lookup:
-        event keys start with the event's time, so a request of fresh events mostly lies past
-        every stored event key (rejections' keys, random hashes, mostly sort after them all), and
-        what lies before the first stored key found is new. The rest in one sorted ``getmulti``
-        (the B-tree walked in key order, the loop in C).
+        Only keys between the first stored one at or after the smallest wanted key and the last
+        stored one at or before the largest need a lookup: event keys start with the event's time,
+        so a request of fresh events mostly lies past every stored key of its time range (what
+        lies beyond is later events' keys, or rejections' random hashes), and what lies before or
+        after the stored keys found is new. The rest in one sorted ``getmulti`` (the B-tree walked
+        in key order, the loop in C).
         """
         wanted = sorted(set(keys))
         if not wanted:
@@ -98,7 +99,12 @@ class Group:
         cursor = self._dedupe()
         if not cursor.set_range(wanted[0]):
             return wanted, set()  # nothing stored at or after the smallest key
-        candidates = wanted[bisect.bisect_left(wanted, cursor.key()) :]
+        low = bisect.bisect_left(wanted, cursor.key())
+        if not cursor.set_range(wanted[-1]):
+            cursor.last()
+        elif cursor.key() != wanted[-1]:
+            cursor.prev()  # the last stored key before the largest wanted one (if none: b"")
+        candidates = wanted[low : bisect.bisect_right(wanted, cursor.key())]
         if not candidates:
             return wanted, set()
         now, decode = self.now_ns, codec.decode_expiry
