@@ -4,12 +4,15 @@ one record, an ack of part of one writes the rest back; every event keeps its se
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable, Iterator
 
+import lmdb
 import pytest
 
 from otlp_meter.queue import LmdbQueue, codec
-from otlp_meter.queue.ledger import SCHEMA_VERSION, Counters, open_environment, store_counters
+from otlp_meter.queue.ledger import SCHEMA_VERSION, Counters, Handles, open_environment, store_counters
 from otlp_meter.queue.types import LeasedEvent
 from tests.unit.queue.conftest import FakeClock, QueueFactory, events, stored_bytes, stored_records
 from tests.unit.queue.test_accounting import balanced
@@ -165,25 +168,32 @@ async def test_released_events_of_a_group_come_back_first_with_their_payloads(qu
 # -- restarts and upgrades ------------------------------------------------------------------------
 
 
-def _rewrite_meta(queue: LmdbQueue, put: dict[bytes, bytes], delete: tuple[bytes, ...] = ()) -> None:
+@contextlib.contextmanager
+def behind_its_back(queue: LmdbQueue) -> Iterator[tuple[lmdb.Transaction[bytes], Handles]]:
+    """A write transaction on the (closed) queue's environment, as another program would write."""
     queue.close()
     config = queue.config
     h = open_environment(config.path, config.effective_map_size(), sync=False)
     try:
         with h.env.begin(write=True) as txn:
-            for key, value in put.items():
-                txn.put(key, value, db=h.meta)
-            for key in delete:
-                txn.delete(key, db=h.meta)
+            yield txn, h
     finally:
         h.env.close()
+
+
+def damage_first_group(queue: LmdbQueue, damage: Callable[[bytes], bytes]) -> None:
+    with behind_its_back(queue) as (txn, h):
+        raw = txn.get(codec.seq_key(1), db=h.events)
+        assert raw is not None
+        txn.put(codec.seq_key(1), damage(raw), db=h.events)
 
 
 async def test_lost_counters_are_recounted_from_the_groups(make_queue: QueueFactory) -> None:
     queue = make_queue()
     await queue.append(events(0, 7))
     await queue.append(events(7, 10))
-    _rewrite_meta(queue, {}, delete=(b"counters",))
+    with behind_its_back(queue) as (txn, h):
+        txn.delete(b"counters", db=h.meta)
 
     reopened = make_queue()
 
@@ -195,24 +205,17 @@ async def test_lost_counters_are_recounted_from_the_groups(make_queue: QueueFact
 async def test_a_schema_3_queue_of_single_events_drains_and_becomes_schema_4(
     make_queue: QueueFactory, clock: FakeClock
 ) -> None:
-    queue = make_queue()
-    queue.close()
-    config = queue.config
-    h = open_environment(config.path, config.effective_map_size(), sync=False)
-    try:
-        with h.env.begin(write=True) as txn:
-            txn.put(b"schema_version", b"3", db=h.meta)
-            counters = Counters()
-            for e in events(0, 3):
-                raw = codec.encode_event(e, int(clock.now * 1e9))
-                txn.put(codec.seq_key(counters.next_seq), raw, db=h.events)
-                counters.next_seq += 1
-                counters.depth += 1
-                counters.size += len(raw)
-                counters.accepted += 1
-            store_counters(txn, h, counters)
-    finally:
-        h.env.close()
+    with behind_its_back(make_queue()) as (txn, h):
+        txn.put(b"schema_version", b"3", db=h.meta)
+        counters = Counters()
+        for e in events(0, 3):
+            raw = codec.encode_event(e, int(clock.now * 1e9))
+            txn.put(codec.seq_key(counters.next_seq), raw, db=h.events)
+            counters.next_seq += 1
+            counters.depth += 1
+            counters.size += len(raw)
+            counters.accepted += 1
+        store_counters(txn, h, counters)
 
     upgraded = make_queue()
     await upgraded.append(events(3, 5))
@@ -295,17 +298,8 @@ async def test_a_damaged_group_is_moved_aside_with_all_its_events_counted(make_q
     queue = make_queue()
     await queue.append(events(0, 5))
     await queue.append(events(5, 6))
-    queue.close()
-    config = queue.config
-    h = open_environment(config.path, config.effective_map_size(), sync=False)
-    try:
-        with h.env.begin(write=True) as txn:
-            raw = txn.get(codec.seq_key(1), db=h.events)
-            assert raw is not None
-            lengths_garbled = raw[: codec.GROUP_HEADER_SIZE] + b"\xff" * (len(raw) - codec.GROUP_HEADER_SIZE)
-            txn.put(codec.seq_key(1), lengths_garbled, db=h.events)
-    finally:
-        h.env.close()
+    # the lengths garbled, the header intact
+    damage_first_group(queue, lambda raw: raw[:17] + b"\xff" * (len(raw) - 17))
 
     reopened = make_queue()
     assert [e.id for e in reopened.lease(max_events=100, max_bytes=BIG)] == ["e-5"]
@@ -321,17 +315,8 @@ async def test_a_group_whose_event_count_is_damaged_is_moved_aside_with_no_more_
     queue = make_queue()
     await queue.append(events(0, 5))  # sequences 1-5
     await queue.append(events(5, 8))  # sequences 6-8
-    queue.close()
-    config = queue.config
-    h = open_environment(config.path, config.effective_map_size(), sync=False)
-    try:
-        with h.env.begin(write=True) as txn:
-            raw = txn.get(codec.seq_key(1), db=h.events)
-            assert raw is not None
-            count_flipped = raw[:13] + (5 | 1 << 20).to_bytes(4, "big") + raw[17:]  # one bit of rot
-            txn.put(codec.seq_key(1), count_flipped, db=h.events)
-    finally:
-        h.env.close()
+    # one bit of rot in the event count
+    damage_first_group(queue, lambda raw: raw[:13] + (5 | 1 << 20).to_bytes(4, "big") + raw[17:])
 
     reopened = make_queue()
     batch = reopened.lease(max_events=100, max_bytes=BIG)
