@@ -148,11 +148,11 @@ class Ledger:
     leased: dict[int, int] = field(default_factory=dict)
     """Leased sequence → bytes the event takes in its stored group."""
     released: list[int] = field(default_factory=list)
-    unpublished: tuple[Counters, int] | None = None
-    """The counters the writer is committing and how many leased events that commit deletes, from
-    just before the commit until the writer pops them from ``leased``: ``depth - leased`` read from
-    those counters (the depth already committed, the leases not yet forgotten) must not count
-    them twice (see :meth:`LmdbQueue.available`)."""
+    unpublished: tuple[int, int] | None = None
+    """The LMDB transaction id the writer is committing and how many leased events it deletes, from
+    just before the commit until the writer pops them from ``leased``: a depth read in a snapshot
+    that includes that commit (id at least this one, whoever committed after) must not count them
+    twice with the leases (see :meth:`LmdbQueue.available`)."""
     cursor: int = 0
     quarantining: set[bytes] = field(default_factory=set)
     deduplicated_total: int = 0

@@ -324,10 +324,11 @@ class LmdbQueue:
             h = self._require_handles()
             with h.env.begin() as txn:
                 counters = read_counters(txn, h) or ledger.counters
+                snapshot = txn.id()
             # Deleted on disk but still in the lease book (the writer has not published its commit
             # yet): not leased any more, and not available either.
             pending = ledger.unpublished
-            deleted = pending[1] if pending is not None and pending[0] == counters else 0
+            deleted = pending[1] if pending is not None and snapshot >= pending[0] else 0
             return counters.depth - len(ledger.leased) + deleted
 
     def stats(self) -> QueueStats:

@@ -223,7 +223,7 @@ class Writer:
             group.finish()
             with self._ledger.lock:
                 deleted = sum(map(self._ledger.leased.__contains__, group.removed_seqs))
-                self._ledger.unpublished = (group.counters.copy(), deleted) if deleted else None
+                self._ledger.unpublished = (txn.id(), deleted) if deleted else None
             txn.commit()
         except BaseException:
             txn.abort()

@@ -14,6 +14,7 @@ from otlp_meter.queue.ops import PruneOp
 from otlp_meter.queue.types import LeasedBatch, LeasedEvent
 from otlp_meter.queue.writer import _settle_all_threadsafe
 from tests.unit.queue.conftest import FakeClock, QueueFactory, event, events, stored_bytes, stored_records
+from tests.unit.queue.test_other_processes import in_another_process
 
 # -- leases as batches -----------------------------------------------------------------------------
 
@@ -274,5 +275,41 @@ async def test_an_acked_batch_is_neither_leased_nor_available_while_its_commit_i
 
         assert seen == [20]
         assert queue.available() == 20
+    finally:
+        queue.close()
+
+
+async def test_an_acked_batch_counts_once_even_if_another_process_commits_before_it_is_published(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """An intake worker (or an admin command) may commit between this writer's commit and its
+    publishing: the snapshot is then newer than the commit, and still includes it."""
+    seen: list[int] = []
+    armed = [False]
+
+    def on_commit(_seconds: float, _ops: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            in_another_process(
+                tmp_path,
+                """
+                from otlp_meter.events import EncodedEvent
+                await queue.append([EncodedEvent("other", "x-1", b'{"id":"x-1","source":"other"}', 0)])
+                """,
+            )
+            seen.append(queue.available())
+
+    queue = LmdbQueue(
+        QueueConfig.model_validate({"directory": tmp_path, "sync": False}), clock=clock, on_commit=on_commit
+    )
+    queue.open()
+    try:
+        await queue.append(events(0, 30))
+        batch = queue.lease(max_events=10, max_bytes=1 << 20)
+        armed[0] = True
+
+        await queue.ack(batch.seqs)
+
+        assert seen == [21]
     finally:
         queue.close()
