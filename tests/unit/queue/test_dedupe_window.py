@@ -23,24 +23,29 @@ keys = st.builds(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    stored=st.dictionaries(keys, st.booleans(), max_size=12),
+    stored=st.dictionaries(keys, st.sampled_from([-1, 0, 1]), max_size=12),
+    remembered=st.lists(keys, max_size=4),
     wanted=st.lists(keys, max_size=12),
 )
 def test_the_window_finds_exactly_the_wanted_keys_stored_and_not_expired(
-    make_queue: QueueFactory, stored: dict[bytes, bool], wanted: list[bytes]
+    make_queue: QueueFactory, stored: dict[bytes, int], remembered: list[bytes], wanted: list[bytes]
 ) -> None:
+    """``stored``: key → expiry one second ago, now (expired too) or in a second; ``remembered``:
+    keys remembered earlier in the same transaction, through the cursor the window uses too."""
     queue: LmdbQueue = make_queue()
     h = queue._require_handles()
     txn = h.env.begin(write=True)
     try:
-        for key, alive in stored.items():
-            txn.put(key, codec.encode_expiry(NOW_NS + (10**9 if alive else -(10**9))), db=h.dedupe)
+        for key, when in stored.items():
+            txn.put(key, codec.encode_expiry(NOW_NS + when * 10**9), db=h.dedupe)
         group = Group(txn, h, queue.config, Counters(), NOW)
+        group.remember(sorted(set(remembered)))
+        alive = {key for key, when in stored.items() if when > 0} | set(remembered)
 
-        distinct, seen = group.window(wanted)
+        first = group.window(wanted)
+        again = group.window(reversed(wanted))
 
-        assert distinct == sorted(set(wanted))
-        assert seen == {key for key in wanted if stored.get(key)}
+        assert first == again == (sorted(set(wanted)), {key for key in wanted if key in alive})
     finally:
         txn.abort()
         queue.close()
