@@ -356,7 +356,7 @@ def _with_queue(args: argparse.Namespace, run: Callable[[Config, LmdbQueue], int
     except ConfigError as exc:
         print(f"invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
-    queue = LmdbQueue(config.queue)
+    queue = LmdbQueue(config.queue, batch_events=config.exporter.batch.max_events)
     if not queue.exists():
         print(f"there is no queue at {config.queue.path} (nothing was ever stored there)", file=sys.stderr)
         return EXIT_FAILED

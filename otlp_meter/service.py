@@ -92,7 +92,12 @@ class Service:
         self.target = resolve_target(
             config.exporter, config.queue.directory, env if env is not None else os.environ
         )
-        self.queue = LmdbQueue(config.queue, on_append=self._on_append, on_commit=self.metrics.observe_commit)
+        self.queue = LmdbQueue(
+            config.queue,
+            on_append=self._on_append,
+            on_commit=self.metrics.observe_commit,
+            batch_events=config.exporter.batch.max_events,
+        )
         self.exporter: Exporter | None = None
         self.pipeline = Pipeline(self.engine, self.queue, self.metrics)
         self.core = ReceiverCore(self.pipeline, self.metrics, config.receivers.limits)

@@ -12,7 +12,7 @@ Envelope versions (the first byte of every value in ``events`` and ``dead``):
   rare paths that need them (dead-lettering, logging a refused event) read them from it
   (:func:`event_attributes`).
 * **3** — a *group* of queued events (``events``), written since schema 4: the events one append
-  brought, up to :data:`GROUP_MAX_EVENTS`, in one LMDB record under the sequence of the first; the
+  brought, up to :data:`EVENTS_PER_GROUP`, in one LMDB record under the sequence of the first; the
   group holds the sequences from its key up to key + count - 1::
 
       0      1                          9              13          17                 17 + 4n
@@ -59,9 +59,11 @@ GROUP_ENVELOPE = 3
 GROUP_HEADER = struct.Struct(">BQII")
 """Version, enqueued time (Unix ns), attempts, event count: the first 17 bytes of a group."""
 GROUP_HEADER_SIZE = GROUP_HEADER.size
-GROUP_MAX_EVENTS = 500
-"""Most events in one group: half the exporter's default batch, so batches take whole groups."""
-GROUP_MAX_BYTES = 128 * 1024
+EVENTS_PER_GROUP = 500
+"""Most events in one group: half the exporter's default batch, so batches take whole groups (a
+queue whose exporter sends smaller batches makes groups of its batch size: ``LmdbQueue``'s
+``group_events``)."""
+BYTES_PER_GROUP = 128 * 1024
 """Most payload bytes in one group (one event larger than this is a group of its own). An ack of
 part of a group writes the rest back, so this stays below the map's headroom for deletes
 (:func:`~otlp_meter.queue.group.storage_headroom`, at least 256 KiB)."""
@@ -300,13 +302,15 @@ def encode_group(payloads: Sequence[bytes], enqueued_unix_nano: int, attempts: i
     return b"".join((header, lengths.tobytes(), *payloads))
 
 
-def encode_groups(payloads: Sequence[bytes], enqueued_unix_nano: int) -> list[bytes]:
-    """``payloads`` in groups of at most :data:`GROUP_MAX_EVENTS` events and about
-    :data:`GROUP_MAX_BYTES` bytes, in order (the records one append stores)."""
+def encode_groups(
+    payloads: Sequence[bytes], enqueued_unix_nano: int, max_events: int = EVENTS_PER_GROUP
+) -> list[bytes]:
+    """``payloads`` in groups of at most ``max_events`` events and about :data:`BYTES_PER_GROUP`
+    bytes, in order (the records one append stores)."""
     groups: list[bytes] = []
     start, size = 0, 0
     for n, payload in enumerate(payloads):
-        if n > start and (n - start >= GROUP_MAX_EVENTS or size + len(payload) > GROUP_MAX_BYTES):
+        if n > start and (n - start >= max_events or size + len(payload) > BYTES_PER_GROUP):
             groups.append(encode_group(payloads[start:n], enqueued_unix_nano))
             start, size = n, 0
         size += len(payload)

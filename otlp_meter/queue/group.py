@@ -55,9 +55,17 @@ class Group:
     """One write transaction shared by a group of operations, and what they changed."""
 
     def __init__(
-        self, txn: lmdb.Transaction[bytes], h: Handles, config: QueueConfig, counters: Counters, now: float
+        self,
+        txn: lmdb.Transaction[bytes],
+        h: Handles,
+        config: QueueConfig,
+        counters: Counters,
+        now: float,
+        group_events: int = codec.EVENTS_PER_GROUP,
     ) -> None:
         self.txn = txn
+        self.group_events = group_events
+        """Most events an append stores in one record (:func:`codec.encode_groups`)."""
         self.h = h
         self.config = config
         self.counters = counters

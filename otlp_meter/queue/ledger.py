@@ -32,7 +32,7 @@ latest expiry among them, and until then appends look up each event's old key as
 keys, and let copies through.
 
 4: events stored in groups (envelope 3: the events of one append, up to
-:data:`~otlp_meter.queue.codec.GROUP_MAX_EVENTS`, in one record under the sequence of the first).
+:data:`~otlp_meter.queue.codec.EVENTS_PER_GROUP`, in one record under the sequence of the first).
 Records of envelopes 1 and 2 are still read, as groups of one, so opening a queue of schema 1 to 3
 only marks it 4 (keys are unchanged from 3); an older otlp-meter refuses a schema-4 queue, whose
 groups it would take for corrupt records.

@@ -38,6 +38,7 @@ import lmdb
 from otlp_meter.errors import ShuttingDownError, StorageError
 from otlp_meter.events import EncodedEvent, Rejection
 from otlp_meter.queue import reads
+from otlp_meter.queue.codec import EVENTS_PER_GROUP
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.leases import take_fresh, take_released
 from otlp_meter.queue.ledger import (
@@ -92,6 +93,8 @@ class LmdbQueue:
     ``clock`` (Unix seconds) stamps events and dedupe expiries; tests inject it. ``on_append`` is
     called on the appending event loop after each commit that added events (wake the exporter).
     ``on_commit(seconds, operations)`` is called on the writer thread after each grouped commit.
+    ``batch_events``: the exporter's ``batch.max_events``; appends store groups of at most that
+    many events (and at most :data:`~otlp_meter.queue.codec.EVENTS_PER_GROUP`).
     """
 
     def __init__(
@@ -101,8 +104,12 @@ class LmdbQueue:
         clock: Callable[[], float] = time.time,
         on_append: Callable[[], None] | None = None,
         on_commit: Callable[[float, int], None] | None = None,
+        batch_events: int = EVENTS_PER_GROUP,
     ) -> None:
         self._config = config
+        # Appends store groups no larger than the exporter's batches, which then take whole groups
+        # (an ack of part of a group writes the rest back).
+        self._group_events = max(1, min(batch_events, EVENTS_PER_GROUP))
         self._clock = clock
         self._on_append = on_append
         self._on_commit = on_commit
@@ -160,7 +167,13 @@ class LmdbQueue:
         self._opened = True
         if not readonly:
             self._writer = Writer(
-                handles, self._config, self._ledger, self._clock, self._on_append, self._on_commit
+                handles,
+                self._config,
+                self._ledger,
+                self._clock,
+                self._on_append,
+                self._on_commit,
+                self._group_events,
             )
             self._writer.start()
         log.info(

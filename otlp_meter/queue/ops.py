@@ -115,7 +115,7 @@ class AppendOp(Op[AppendResult]):
             payloads = [event.payload for event in events]
             dead = [_rejection_letter(rejection, g.now_ns) for rejection in self.rejected]
         duplicates = len(events) - len(payloads)
-        records = codec.encode_groups(payloads, g.now_ns)
+        records = codec.encode_groups(payloads, g.now_ns, g.group_events)
 
         puts = [len(key) + len(value) for key, value in self.state.items() if value is not None]
         g.check_room(sum(map(len, records)), sum(map(len, dead)), len(remembered) + len(puts), sum(puts))
@@ -145,7 +145,7 @@ def _rejection_letter(rejection: Rejection, now_ns: int) -> bytes:
 class AckOp(Op[None]):
     """Delete delivered events (any order, repeats and gone ones counted once; see
     :meth:`Group.delete_events`). It only frees space, except that the rest of a group acked in
-    part is written back (at most :data:`~otlp_meter.queue.codec.GROUP_MAX_BYTES`, which the
+    part is written back (at most :data:`~otlp_meter.queue.codec.BYTES_PER_GROUP`, which the
     headroom kept for deletes covers)."""
 
     seqs: Sequence[int]
@@ -368,7 +368,7 @@ class ReplayOp(Op[ReplayResult]):
                 letter = dataclasses.replace(letter, attempts=attempts + 1)
                 dead.append(codec.encode_dead_letter(letter))
         duplicates = offered - len(payloads)
-        records = codec.encode_groups(payloads, g.now_ns)
+        records = codec.encode_groups(payloads, g.now_ns, g.group_events)
 
         g.check_room(sum(map(len, records)), max(0, sum(map(len, dead)) - freed), len(remembered))
         for seq in present:

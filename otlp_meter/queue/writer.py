@@ -27,6 +27,7 @@ from typing import Any, Final
 import lmdb
 
 from otlp_meter.errors import QueueFullError, ShuttingDownError, StorageError
+from otlp_meter.queue.codec import EVENTS_PER_GROUP
 from otlp_meter.queue.config import QueueConfig
 from otlp_meter.queue.group import Group, Refused
 from otlp_meter.queue.ledger import Handles, Ledger, read_counters
@@ -60,8 +61,10 @@ class Writer:
         clock: Callable[[], float],
         on_append: Callable[[], None] | None,
         on_commit: Callable[[float, int], None] | None = None,
+        group_events: int = EVENTS_PER_GROUP,
     ) -> None:
         self._h = handles
+        self._group_events = group_events
         self._config = config
         self._ledger = ledger
         self._clock = clock
@@ -214,7 +217,7 @@ class Writer:
             with self._ledger.lock:
                 known = self._ledger.counters.copy()
             counters = read_counters(txn, self._h) or known
-            group = Group(txn, self._h, self._config, counters, self._clock())
+            group = Group(txn, self._h, self._config, counters, self._clock(), self._group_events)
             for op in ops:
                 try:
                     outcomes.append((op, op.apply(group), None))

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lmdb
 import pytest
 
-from otlp_meter.queue import LmdbQueue, codec
+from otlp_meter.queue import LmdbQueue, QueueConfig, codec
 from otlp_meter.queue.ledger import SCHEMA_VERSION, Counters, Handles, open_environment, store_counters
 from otlp_meter.queue.types import LeasedEvent
 from tests.unit.queue.conftest import FakeClock, QueueFactory, events, stored_bytes, stored_records
@@ -33,11 +34,11 @@ def test_a_group_holds_its_payloads_in_order_with_one_header() -> None:
 
 
 def test_an_append_is_split_into_groups_by_count_and_by_bytes() -> None:
-    many = [b"e%d" % n for n in range(codec.GROUP_MAX_EVENTS * 2 + 1)]
-    assert [codec.record_count(r) for r in codec.encode_groups(many, 1)] == [codec.GROUP_MAX_EVENTS] * 2 + [1]
+    many = [b"e%d" % n for n in range(codec.EVENTS_PER_GROUP * 2 + 1)]
+    assert [codec.record_count(r) for r in codec.encode_groups(many, 1)] == [codec.EVENTS_PER_GROUP] * 2 + [1]
 
-    half = b"x" * (codec.GROUP_MAX_BYTES // 2)
-    large = [half, half, b"y", b"z" * (codec.GROUP_MAX_BYTES + 1), b"w"]
+    half = b"x" * (codec.BYTES_PER_GROUP // 2)
+    large = [half, half, b"y", b"z" * (codec.BYTES_PER_GROUP + 1), b"w"]
     groups = [codec.decode_group(r).payloads for r in codec.encode_groups(large, 1)]
     assert groups == [[half, half], [b"y"], [large[3]], [b"w"]]
 
@@ -68,12 +69,12 @@ def test_a_damaged_group_is_corrupt(raw: bytes, why: str) -> None:
 
 
 async def test_one_append_is_one_record_per_group_under_consecutive_sequences(queue: LmdbQueue) -> None:
-    await queue.append(events(0, codec.GROUP_MAX_EVENTS + 10))
+    await queue.append(events(0, codec.EVENTS_PER_GROUP + 10))
     await queue.append(events(1000, 1003))
 
     assert stored_records(queue) == 3
     leased = queue.lease(max_events=BIG, max_bytes=BIG)
-    assert leased.seqs == list(range(1, codec.GROUP_MAX_EVENTS + 14))  # sequences start at 1
+    assert leased.seqs == list(range(1, codec.EVENTS_PER_GROUP + 14))  # sequences start at 1
     assert [e.id for e in leased][-4:] == ["e-509", "e-1000", "e-1001", "e-1002"]
     assert (queue.stats().depth, queue.stats().bytes) == (513, stored_bytes(queue))
 
@@ -326,3 +327,21 @@ async def test_a_group_whose_event_count_is_damaged_is_moved_aside_with_no_more_
     assert batch.seqs == [6, 7, 8]
     stats = reopened.stats()
     assert (stats.depth, stats.bytes, balanced(stats).corrupt) == (1, stored_bytes(reopened), 5)
+
+
+async def test_an_exporter_with_small_batches_gets_groups_of_its_batch_size(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """So that its batches take whole groups and its acks write nothing back."""
+    queue = LmdbQueue(QueueConfig(directory=tmp_path, sync=False), clock=clock, batch_events=50)
+    queue.open()
+    try:
+        await queue.append(events(0, 120))
+        assert stored_records(queue) == 3  # 50, 50, 20
+
+        first = queue.lease(max_events=50, max_bytes=BIG)
+        await queue.ack(first.seqs)
+
+        assert (len(first), stored_records(queue), queue.stats().bytes) == (50, 2, stored_bytes(queue))
+    finally:
+        queue.close()
