@@ -59,6 +59,8 @@ GROUP_ENVELOPE = 3
 GROUP_HEADER = struct.Struct(">BQII")
 """Version, enqueued time (Unix ns), attempts, event count: the first 17 bytes of a group."""
 GROUP_HEADER_SIZE = GROUP_HEADER.size
+GROUP_LENGTH_SIZE = 4
+"""Bytes a group stores per event besides its payload: its length (u32, big-endian)."""
 EVENTS_PER_GROUP = 500
 """Most events in one group: half the exporter's default batch, so batches take whole groups (a
 queue whose exporter sends smaller batches makes groups of its batch size: ``LmdbQueue``'s
@@ -68,7 +70,7 @@ BYTES_PER_GROUP = 128 * 1024
 part of a group writes the rest back, so this stays below the map's headroom for deletes
 (:func:`~otlp_meter.queue.group.storage_headroom`, at least 256 KiB)."""
 _LENGTHS_SWAP = sys.byteorder == "little"
-_U32 = "I" if array("I").itemsize == 4 else "L"
+_U32 = "I" if array("I").itemsize == GROUP_LENGTH_SIZE else "L"
 
 _VERSION_PREFIX = bytes([PROTOBUF_ENVELOPE])
 SEQ = struct.Struct(">Q")
@@ -325,7 +327,7 @@ def record_count(raw: bytes) -> int:
     record's bytes could hold (a length and at least one byte per event)."""
     if len(raw) >= GROUP_HEADER_SIZE and raw[0] == GROUP_ENVELOPE:
         count: int = GROUP_HEADER.unpack_from(raw)[3]
-        return max(1, min(count, (len(raw) - GROUP_HEADER_SIZE) // 5))
+        return max(1, min(count, (len(raw) - GROUP_HEADER_SIZE) // (GROUP_LENGTH_SIZE + 1)))
     return 1
 
 
@@ -340,7 +342,7 @@ def decode_group(raw: bytes) -> QueuedGroup:
     if len(raw) < GROUP_HEADER_SIZE:
         raise CorruptRecordError(f"event group (envelope 3) of {len(raw)} bytes: shorter than its header")
     _, enqueued, attempts, count = GROUP_HEADER.unpack_from(raw)
-    start = GROUP_HEADER_SIZE + 4 * count
+    start = GROUP_HEADER_SIZE + GROUP_LENGTH_SIZE * count
     if count == 0 or start > len(raw):
         raise CorruptRecordError(f"event group (envelope 3) of {len(raw)} bytes claims {count} events")
     lengths = array(_U32)

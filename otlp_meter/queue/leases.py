@@ -18,8 +18,7 @@ from otlp_meter.queue import codec, reads
 from otlp_meter.queue.ledger import Ledger
 from otlp_meter.queue.types import LeasedBatch
 
-_GROUP_OVERHEAD = 4
-"""Bytes a group stores per event besides its payload (its length)."""
+_GROUP_OVERHEAD = codec.GROUP_LENGTH_SIZE
 
 
 def take_released(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -260,7 +261,7 @@ def load_counters(txn: lmdb.Transaction[bytes], h: Handles) -> tuple[Counters, b
     repaired = stored is None or len(raw or b"") != _COUNTERS.size
     records = txn.stat(h.events)["entries"]
     if records > counters.depth or (records == 0) != (counters.depth == 0):
-        counters.depth, counters.size = _scan_events(txn, h.events)
+        counters.depth, counters.size = _scan_sizes(txn, h.events, codec.record_count)
         repaired = True
     if counters.dead_count != txn.stat(h.dead)["entries"]:
         counters.dead_count, counters.dead_size = _scan_sizes(txn, h.dead)
@@ -302,18 +303,13 @@ def storage_used_bytes(txn: lmdb.Transaction[bytes], h: Handles) -> int:
     return pages * int(h.env.stat()["psize"])
 
 
-def _scan_events(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> tuple[int, int]:
-    """(events, bytes) stored in ``events``: a group counts its events."""
+def _scan_sizes(
+    txn: lmdb.Transaction[bytes], db: lmdb._Database, count_of: Callable[[bytes], int] = lambda _value: 1
+) -> tuple[int, int]:
+    """(items, bytes) stored in ``db``; ``count_of`` says how many items a record holds (a group of
+    events: :func:`codec.record_count`)."""
     count = size = 0
     for _key, value in txn.cursor(db=db):
-        count += codec.record_count(value)
-        size += len(value)
-    return count, size
-
-
-def _scan_sizes(txn: lmdb.Transaction[bytes], db: lmdb._Database) -> tuple[int, int]:
-    count = size = 0
-    for _key, value in txn.cursor(db=db):
-        count += 1
+        count += count_of(value)
         size += len(value)
     return count, size
